@@ -1,0 +1,841 @@
+//! The conformance kit: one public function per behaviour of the [`FunctionStorage`]
+//! contract, each taking `&dyn FunctionStorage`. Every backend runs all of them through
+//! [`conformance_tests!`](crate::conformance_tests), so a behaviour is specified once.
+//!
+//! A check panics with a message naming the broken promise; that is how it reports to the
+//! test harness. Checks use their own scopes but `gc_drops_only_stale_scopes` sweeps the whole
+//! store, so give each check a fresh store (the macro does).
+
+use std::time::Duration;
+
+use crate::{Error, FunctionStorage, KeyRange, Selection};
+
+fn v(s: &str) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}
+
+/// `kv_*` overwrite, read and idempotent delete; they are state calls with the empty namespace.
+pub fn kv_roundtrip(s: &dyn FunctionStorage) {
+    let sc = b"kv";
+    assert_eq!(s.kv_get(sc, b"k").unwrap(), None, "missing key reads None");
+    s.kv_put(sc, b"k", b"v1").unwrap();
+    assert_eq!(s.kv_get(sc, b"k").unwrap(), Some(v("v1")));
+    s.kv_put(sc, b"k", b"v2").unwrap();
+    assert_eq!(s.kv_get(sc, b"k").unwrap(), Some(v("v2")), "put overwrites");
+    assert_eq!(
+        s.state_get(sc, b"", b"k").unwrap(),
+        Some(v("v2")),
+        "kv is state with ns \"\""
+    );
+    s.state_put(sc, b"", b"k2", b"x").unwrap();
+    assert_eq!(s.kv_get(sc, b"k2").unwrap(), Some(v("x")));
+    s.kv_del(sc, b"k").unwrap();
+    s.kv_del(sc, b"k").unwrap();
+    assert_eq!(s.kv_get(sc, b"k").unwrap(), None, "deleted key reads None");
+    assert!(
+        s.state_del(sc, b"", b"k2").unwrap(),
+        "state_del reports an existing key"
+    );
+    assert!(
+        !s.state_del(sc, b"", b"k2").unwrap(),
+        "state_del reports a missing key"
+    );
+}
+
+/// The same key in different namespaces and scopes names different values.
+pub fn state_namespaces_are_isolated(s: &dyn FunctionStorage) {
+    s.state_put(b"ns-a", b"one", b"k", b"a1").unwrap();
+    s.state_put(b"ns-a", b"two", b"k", b"a2").unwrap();
+    s.state_put(b"ns-b", b"one", b"k", b"b1").unwrap();
+    assert_eq!(s.state_get(b"ns-a", b"one", b"k").unwrap(), Some(v("a1")));
+    assert_eq!(s.state_get(b"ns-a", b"two", b"k").unwrap(), Some(v("a2")));
+    assert_eq!(s.state_get(b"ns-b", b"one", b"k").unwrap(), Some(v("b1")));
+    assert_eq!(s.state_get(b"ns-b", b"two", b"k").unwrap(), None);
+    assert_eq!(s.state_delete(b"ns-a", b"one", &Selection::All).unwrap(), 1);
+    assert_eq!(s.state_get(b"ns-a", b"two", b"k").unwrap(), Some(v("a2")));
+    assert_eq!(s.state_get(b"ns-b", b"one", b"k").unwrap(), Some(v("b1")));
+}
+
+/// `state_get_many` is parallel to its keys; `state_put_many` stores all pairs, the last of
+/// a repeated key winning, and stores none when one pair is refused.
+pub fn state_batches(s: &dyn FunctionStorage) {
+    let sc = b"batch";
+    let items: Vec<_> = (0..100u32)
+        .map(|i| (i.to_be_bytes().to_vec(), i.to_le_bytes().to_vec()))
+        .collect();
+    s.state_put_many(sc, b"n", &items).unwrap();
+    let mut keys: Vec<Vec<u8>> = items.iter().map(|(k, _)| k.clone()).collect();
+    keys.insert(50, b"missing".to_vec());
+    let got = s.state_get_many(sc, b"n", &keys).unwrap();
+    assert_eq!(got.len(), keys.len(), "one answer per key");
+    assert_eq!(got[50], None, "missing key in the middle reads None");
+    assert_eq!(got[0], Some(0u32.to_le_bytes().to_vec()));
+    assert_eq!(got[100], Some(99u32.to_le_bytes().to_vec()));
+    assert_eq!(
+        s.state_get_many(b"no-such-scope", b"n", &keys[..2])
+            .unwrap(),
+        vec![None, None]
+    );
+    assert!(s.state_get_many(sc, b"n", &[]).unwrap().is_empty());
+
+    s.state_put_many(sc, b"dup", &[(v("k"), v("first")), (v("k"), v("last"))])
+        .unwrap();
+    assert_eq!(
+        s.state_get(sc, b"dup", b"k").unwrap(),
+        Some(v("last")),
+        "last duplicate wins"
+    );
+
+    let bad = vec![(v("ok"), v("fine")), (v("big"), over_the_limit(s))];
+    let err = s.state_put_many(sc, b"atomic", &bad).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidInput { .. }),
+        "oversized value: {err}"
+    );
+    assert_eq!(
+        s.state_get(sc, b"atomic", b"ok").unwrap(),
+        None,
+        "a refused batch stores nothing"
+    );
+}
+
+/// A value one byte over the store's `max_value_bytes`.
+fn over_the_limit(s: &dyn FunctionStorage) -> Vec<u8> {
+    let limit = s.stat().unwrap().max_value_bytes;
+    let size = usize::try_from(limit + 1).unwrap_or(usize::MAX);
+    assert!(
+        size <= 512 << 20,
+        "the kit needs a store with max_value_bytes ≤ 512 MiB, got {limit}"
+    );
+    vec![1u8; size]
+}
+
+fn keys_of(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<Vec<u8>> {
+    pairs.iter().map(|(k, _)| k.clone()).collect()
+}
+
+/// `state_scan` orders by key bytes (memcmp), honours half-open ranges with open ends,
+/// reverse order and limits.
+pub fn state_scan_ranges(s: &dyn FunctionStorage) {
+    let sc = b"scan";
+    let keys: Vec<Vec<u8>> = vec![
+        v(""),
+        b"\x00".to_vec(),
+        v("a"),
+        v("ab"),
+        v("b"),
+        b"b\x00".to_vec(),
+        v("c"),
+        b"\xff".to_vec(),
+    ];
+    // Insert out of order so insertion order cannot pass for key order.
+    for k in keys.iter().rev() {
+        s.state_put(sc, b"r", k, &[k.len() as u8]).unwrap();
+    }
+    s.state_put(sc, b"other", b"a", b"x").unwrap();
+    let scan =
+        |r: KeyRange, rev: bool, lim: u64| keys_of(&s.state_scan(sc, b"r", &r, rev, lim).unwrap());
+
+    assert_eq!(
+        scan(KeyRange::all(), false, u64::MAX),
+        keys,
+        "full scan in memcmp order"
+    );
+    let mut reversed = keys.clone();
+    reversed.reverse();
+    assert_eq!(
+        scan(KeyRange::all(), true, u64::MAX),
+        reversed,
+        "reverse scan"
+    );
+    assert_eq!(
+        scan(KeyRange::new("a", "b"), false, u64::MAX),
+        vec![v("a"), v("ab")],
+        "[a, b) half-open"
+    );
+    assert_eq!(
+        scan(
+            KeyRange {
+                start: Some(v("b")),
+                end: None
+            },
+            false,
+            u64::MAX
+        ),
+        vec![v("b"), b"b\x00".to_vec(), v("c"), b"\xff".to_vec()],
+        "open end"
+    );
+    assert_eq!(
+        scan(
+            KeyRange {
+                start: None,
+                end: Some(v("a"))
+            },
+            false,
+            u64::MAX
+        ),
+        vec![v(""), b"\x00".to_vec()],
+        "open start"
+    );
+    assert_eq!(scan(KeyRange::all(), false, 3), keys[..3].to_vec(), "limit");
+    assert_eq!(
+        scan(KeyRange::new("a", "c"), true, 2),
+        vec![b"b\x00".to_vec(), v("b")],
+        "reverse + limit"
+    );
+    assert_eq!(
+        scan(KeyRange::all(), false, 0),
+        Vec::<Vec<u8>>::new(),
+        "limit 0"
+    );
+    assert!(
+        scan(KeyRange::new("c", "a"), false, u64::MAX).is_empty(),
+        "inverted range is empty"
+    );
+    assert_eq!(
+        scan(KeyRange::prefix(b"b"), false, u64::MAX),
+        vec![v("b"), b"b\x00".to_vec()]
+    );
+    let pairs = s
+        .state_scan(sc, b"r", &KeyRange::new("ab", "ac"), false, 10)
+        .unwrap();
+    assert_eq!(
+        pairs,
+        vec![(v("ab"), vec![2u8])],
+        "values come with their keys"
+    );
+    assert!(
+        s.state_scan(b"nothing-here", b"r", &KeyRange::all(), false, 10)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// `state_delete` by keys, by range and whole namespace, counting only what existed.
+pub fn state_delete_selections(s: &dyn FunctionStorage) {
+    let sc = b"del";
+    let fill = || {
+        let items: Vec<_> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|k| (v(k), v(k)))
+            .collect();
+        s.state_put_many(sc, b"d", &items).unwrap();
+    };
+    fill();
+    let keys = Selection::Keys(vec![v("a"), v("zz"), v("c")]);
+    assert_eq!(
+        s.state_delete(sc, b"d", &keys).unwrap(),
+        2,
+        "missing keys are not counted"
+    );
+    assert_eq!(
+        keys_of(&s.state_scan(sc, b"d", &KeyRange::all(), false, 99).unwrap()),
+        vec![v("b"), v("d"), v("e")]
+    );
+    assert_eq!(
+        s.state_delete(sc, b"d", &Selection::Range(KeyRange::new("b", "e")))
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        keys_of(&s.state_scan(sc, b"d", &KeyRange::all(), false, 99).unwrap()),
+        vec![v("e")],
+        "end excluded"
+    );
+    fill();
+    let open_end = Selection::Range(KeyRange {
+        start: Some(v("d")),
+        end: None,
+    });
+    assert_eq!(s.state_delete(sc, b"d", &open_end).unwrap(), 2);
+    assert_eq!(s.state_delete(sc, b"d", &Selection::All).unwrap(), 3);
+    assert!(
+        s.state_scan(sc, b"d", &KeyRange::all(), false, 99)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.state_delete(sc, b"d", &Selection::All).unwrap(), 0);
+    assert_eq!(
+        s.state_delete(b"never-written", b"d", &Selection::All)
+            .unwrap(),
+        0
+    );
+}
+
+/// `state_drain` returns every pair in key order and leaves the namespace empty; a second
+/// drain gets nothing.
+pub fn state_drain_takes_everything_once(s: &dyn FunctionStorage) {
+    let sc = b"drain";
+    for k in ["m", "a", "z", "b"] {
+        s.state_put(sc, b"g", k.as_bytes(), k.as_bytes()).unwrap();
+    }
+    s.state_put(sc, b"keep", b"k", b"v").unwrap();
+    let drained = s.state_drain(sc, b"g").unwrap();
+    assert_eq!(
+        keys_of(&drained),
+        vec![v("a"), v("b"), v("m"), v("z")],
+        "drain in key order"
+    );
+    assert_eq!(drained[0].1, v("a"));
+    assert!(
+        s.state_drain(sc, b"g").unwrap().is_empty(),
+        "second drain is empty"
+    );
+    assert_eq!(
+        s.state_get(sc, b"keep", b"k").unwrap(),
+        Some(v("v")),
+        "other namespace untouched"
+    );
+}
+
+/// Log ids are ≥ 1 and strictly increasing; scans honour the cursor, the limit and
+/// `after_id` ≤ 0 as "from the start"; logs are separate by (scope, ns, key).
+pub fn log_ordering_and_cursors(s: &dyn FunctionStorage) {
+    let sc = b"log";
+    let mut ids = Vec::new();
+    for i in 0..50u32 {
+        ids.push(s.append(sc, b"ns", b"k", &i.to_le_bytes()).unwrap());
+        if i % 10 == 0 {
+            s.append(sc, b"ns", b"other", b"x").unwrap();
+        }
+    }
+    assert!(ids[0] >= 1, "ids start at 1 or above");
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids strictly increase: {ids:?}"
+    );
+    let all = s.scan(sc, b"ns", b"k", -1, u64::MAX).unwrap();
+    assert_eq!(all.len(), 50);
+    assert_eq!(all.iter().map(|e| e.0).collect::<Vec<_>>(), ids);
+    assert_eq!(all[7].1, 7u32.to_le_bytes().to_vec());
+    assert_eq!(
+        s.scan(sc, b"ns", b"k", 0, u64::MAX).unwrap(),
+        all,
+        "after_id 0 reads from the start"
+    );
+    let page = s.scan(sc, b"ns", b"k", ids[9], 5).unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.0).collect::<Vec<_>>(),
+        ids[10..15].to_vec(),
+        "cursor + limit"
+    );
+    assert!(
+        s.scan(sc, b"ns", b"k", ids[49], 5).unwrap().is_empty(),
+        "nothing after the last id"
+    );
+    assert!(
+        s.scan(sc, b"ns", b"k", -1, 0).unwrap().is_empty(),
+        "limit 0"
+    );
+    assert_eq!(
+        s.scan(sc, b"ns", b"other", -1, u64::MAX).unwrap().len(),
+        5,
+        "logs are separate"
+    );
+    assert!(
+        s.scan(sc, b"other-ns", b"k", -1, u64::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    // Paging with the cursor visits every entry exactly once.
+    let (mut cursor, mut seen) = (-1, Vec::new());
+    loop {
+        let page = s.scan(sc, b"ns", b"k", cursor, 7).unwrap();
+        let Some(last) = page.last() else { break };
+        cursor = last.0;
+        seen.extend(page.into_iter().map(|e| e.0));
+    }
+    assert_eq!(seen, ids);
+}
+
+/// Counters: missing reads 0, add returns the new value, set and delete return the old one,
+/// overflow is an error that changes nothing.
+pub fn counters_basic(s: &dyn FunctionStorage) {
+    let sc = b"ctr";
+    assert_eq!(s.counter_get(sc, b"n", b"c").unwrap(), 0);
+    assert_eq!(s.counter_add(sc, b"n", b"c", 5).unwrap(), 5);
+    assert_eq!(s.counter_add(sc, b"n", b"c", -7).unwrap(), -2);
+    assert_eq!(s.counter_get(sc, b"n", b"c").unwrap(), -2);
+    assert_eq!(
+        s.counter_set(sc, b"n", b"c", 40).unwrap(),
+        -2,
+        "set returns the old value"
+    );
+    assert_eq!(s.counter_get(sc, b"n", b"c").unwrap(), 40);
+    assert_eq!(s.counter_set(sc, b"n", b"fresh", 1).unwrap(), 0);
+    s.counter_set(sc, b"n", b"max", i64::MAX).unwrap();
+    let err = s.counter_add(sc, b"n", b"max", 1).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidInput { .. }),
+        "overflow is refused: {err}"
+    );
+    assert_eq!(
+        s.counter_get(sc, b"n", b"max").unwrap(),
+        i64::MAX,
+        "failed add changed nothing"
+    );
+    assert_eq!(s.counter_delete(sc, b"n", b"c").unwrap(), 40);
+    assert_eq!(s.counter_delete(sc, b"n", b"c").unwrap(), 0);
+    assert_eq!(s.counter_get(sc, b"n", b"c").unwrap(), 0);
+    assert_eq!(
+        s.state_get(sc, b"n", b"fresh").unwrap(),
+        None,
+        "counters are not state"
+    );
+}
+
+/// 8 threads adding at once lose no update.
+pub fn counters_concurrent_adds(s: &dyn FunctionStorage) {
+    const THREADS: i64 = 8;
+    const ADDS: i64 = 250;
+    std::thread::scope(|t| {
+        for _ in 0..THREADS {
+            t.spawn(|| {
+                for _ in 0..ADDS {
+                    s.counter_add(b"ctr-mt", b"", b"hits", 1).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(
+        s.counter_get(b"ctr-mt", b"", b"hits").unwrap(),
+        THREADS * ADDS,
+        "no lost update"
+    );
+}
+
+/// Nothing written in one scope is visible in another.
+pub fn scopes_are_isolated(s: &dyn FunctionStorage) {
+    s.kv_put(b"iso-a", b"k", b"a").unwrap();
+    s.append(b"iso-a", b"n", b"l", b"a").unwrap();
+    s.counter_add(b"iso-a", b"n", b"c", 1).unwrap();
+    s.queue_push(b"iso-a", &[v("a")]).unwrap();
+    assert_eq!(s.kv_get(b"iso-b", b"k").unwrap(), None);
+    assert!(
+        s.scan(b"iso-b", b"n", b"l", -1, u64::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.counter_get(b"iso-b", b"n", b"c").unwrap(), 0);
+    assert_eq!(s.queue_pop(b"iso-b").unwrap(), None);
+    assert_eq!(s.queue_len(b"iso-b").unwrap(), 0);
+    // Prefixes of each other are still different scopes.
+    assert_eq!(s.kv_get(b"iso-", b"k").unwrap(), None);
+    assert_eq!(s.kv_get(b"iso-a\x00", b"k").unwrap(), None);
+    assert_eq!(s.queue_pop(b"iso-a").unwrap(), Some(v("a")));
+}
+
+/// `clear` drops state, logs, counters, the queue and dead letters of one scope only.
+pub fn clear_drops_the_whole_scope(s: &dyn FunctionStorage) {
+    for sc in [&b"clr"[..], b"clr-keep"] {
+        s.kv_put(sc, b"k", b"v").unwrap();
+        s.state_put(sc, b"ns", b"k", b"v").unwrap();
+        s.append(sc, b"n", b"l", b"e").unwrap();
+        s.counter_add(sc, b"n", b"c", 3).unwrap();
+        s.queue_push(sc, &[v("1"), v("2")]).unwrap();
+    }
+    s.clear(b"clr").unwrap();
+    assert_eq!(s.kv_get(b"clr", b"k").unwrap(), None);
+    assert_eq!(s.state_get(b"clr", b"ns", b"k").unwrap(), None);
+    assert!(s.scan(b"clr", b"n", b"l", -1, u64::MAX).unwrap().is_empty());
+    assert_eq!(s.counter_get(b"clr", b"n", b"c").unwrap(), 0);
+    assert_eq!(
+        s.queue_pop(b"clr").unwrap(),
+        None,
+        "clear empties the queue"
+    );
+    assert_eq!(s.queue_len(b"clr").unwrap(), 0);
+    assert_eq!(
+        s.kv_get(b"clr-keep", b"k").unwrap(),
+        Some(v("v")),
+        "other scope untouched"
+    );
+    assert_eq!(s.queue_len(b"clr-keep").unwrap(), 2);
+    s.clear(b"clr").unwrap();
+    s.clear(b"never-existed").unwrap();
+    // A cleared scope is usable again.
+    s.kv_put(b"clr", b"k", b"again").unwrap();
+    assert_eq!(s.kv_get(b"clr", b"k").unwrap(), Some(v("again")));
+}
+
+/// `gc(ttl)` drops exactly the scopes unwritten for longer than `ttl` (resolution: 1 s).
+pub fn gc_drops_only_stale_scopes(s: &dyn FunctionStorage) {
+    s.kv_put(b"gc-stale", b"k", b"v").unwrap();
+    s.append(b"gc-stale", b"n", b"l", b"v").unwrap();
+    s.queue_push(b"gc-stale", &[v("q")]).unwrap();
+    s.kv_put(b"gc-fresh", b"k", b"v").unwrap();
+    assert_eq!(
+        s.gc(Duration::from_secs(3600)).unwrap(),
+        0,
+        "nothing is an hour old"
+    );
+    std::thread::sleep(Duration::from_millis(2100));
+    s.kv_put(b"gc-fresh", b"k", b"v2").unwrap();
+    assert_eq!(
+        s.gc(Duration::from_millis(1500)).unwrap(),
+        1,
+        "exactly the stale scope goes"
+    );
+    assert_eq!(s.kv_get(b"gc-stale", b"k").unwrap(), None);
+    assert!(
+        s.scan(b"gc-stale", b"n", b"l", -1, u64::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.queue_pop(b"gc-stale").unwrap(), None);
+    assert_eq!(
+        s.kv_get(b"gc-fresh", b"k").unwrap(),
+        Some(v("v2")),
+        "fresh scope stays"
+    );
+    assert_eq!(
+        s.gc(Duration::from_secs(3600)).unwrap(),
+        0,
+        "a sweep drops nothing twice"
+    );
+}
+
+/// The queue is FIFO across pushes; pop on empty is None; len and queue_clear count items.
+pub fn queue_fifo(s: &dyn FunctionStorage) {
+    let sc = b"fifo";
+    assert_eq!(s.queue_pop(sc).unwrap(), None);
+    s.queue_push(sc, &[v("1"), v("2"), v("3")]).unwrap();
+    s.queue_push(sc, &[]).unwrap();
+    s.queue_push(sc, &[v("4"), Vec::new()]).unwrap();
+    assert_eq!(s.queue_len(sc).unwrap(), 5);
+    for want in ["1", "2", "3", "4", ""] {
+        assert_eq!(s.queue_pop(sc).unwrap(), Some(v(want)), "FIFO order");
+    }
+    assert_eq!(s.queue_pop(sc).unwrap(), None);
+    assert_eq!(s.queue_len(sc).unwrap(), 0);
+    s.queue_push(sc, &[v("a"), v("b")]).unwrap();
+    assert_eq!(s.queue_clear(sc).unwrap(), 2);
+    assert_eq!(s.queue_pop(sc).unwrap(), None);
+    s.queue_push(sc, &[v("after-clear")]).unwrap();
+    assert_eq!(s.queue_pop(sc).unwrap(), Some(v("after-clear")));
+}
+
+/// Concurrent poppers get every item exactly once.
+pub fn queue_concurrent_pops(s: &dyn FunctionStorage) {
+    const ITEMS: u32 = 2000;
+    let items: Vec<Vec<u8>> = (0..ITEMS).map(|i| i.to_le_bytes().to_vec()).collect();
+    s.queue_push(b"mt-pop", &items).unwrap();
+    let popped: Vec<Vec<u32>> = std::thread::scope(|t| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                t.spawn(|| {
+                    let mut got = Vec::new();
+                    while let Some(item) = s.queue_pop(b"mt-pop").unwrap() {
+                        let bytes: [u8; 4] =
+                            item.as_slice().try_into().expect("4-byte item intact");
+                        got.push(u32::from_le_bytes(bytes));
+                    }
+                    got
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    for got in &popped {
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "each popper sees FIFO order"
+        );
+    }
+    let mut all: Vec<u32> = popped.into_iter().flatten().collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..ITEMS).collect::<Vec<_>>(),
+        "every item exactly once"
+    );
+}
+
+/// Leases: a claimed item is hidden until acked, released or expired; an expired lease
+/// redelivers with attempt + 1 and its old claim can no longer ack; extend keeps it hidden.
+pub fn queue_leases(s: &dyn FunctionStorage) {
+    let sc = b"lease";
+    let lease = Duration::from_millis(400);
+    s.queue_push(sc, &[v("job-1"), v("job-2")]).unwrap();
+    let c1 = s.queue_claim(sc, lease).unwrap().expect("an item to claim");
+    assert_eq!((c1.value.as_slice(), c1.attempt), (&b"job-1"[..], 1));
+    assert_eq!(s.queue_len(sc).unwrap(), 2, "a claimed item still counts");
+    let c2 = s.queue_claim(sc, lease).unwrap().expect("the second item");
+    assert_eq!(c2.value, v("job-2"), "a claimed item is skipped");
+    assert_ne!(c1.id, c2.id);
+    assert_eq!(
+        s.queue_claim(sc, lease).unwrap(),
+        None,
+        "everything is claimed"
+    );
+    assert_eq!(
+        s.queue_pop(sc).unwrap(),
+        None,
+        "pop does not see claimed items"
+    );
+
+    assert!(s.queue_ack(sc, c2.id).unwrap(), "ack within the lease");
+    assert!(
+        !s.queue_ack(sc, c2.id).unwrap(),
+        "a second ack finds nothing"
+    );
+    assert!(
+        !s.queue_ack(b"other-scope", c1.id).unwrap(),
+        "a claim belongs to its scope"
+    );
+
+    std::thread::sleep(lease + Duration::from_millis(200));
+    let again = s
+        .queue_claim(sc, lease)
+        .unwrap()
+        .expect("expired lease redelivers");
+    assert_eq!((again.value.as_slice(), again.attempt), (&b"job-1"[..], 2));
+    assert_ne!(again.id, c1.id, "a redelivery is a new claim");
+    assert!(
+        !s.queue_ack(sc, c1.id).unwrap(),
+        "ack after expiry returns false"
+    );
+    assert!(
+        !s.queue_release(sc, c1.id).unwrap(),
+        "release after expiry returns false"
+    );
+    assert!(
+        !s.queue_extend(sc, c1.id, lease).unwrap(),
+        "extend after expiry returns false"
+    );
+
+    assert!(
+        s.queue_release(sc, again.id).unwrap(),
+        "release within the lease"
+    );
+    let third = s
+        .queue_claim(sc, lease)
+        .unwrap()
+        .expect("released item is visible at once");
+    assert_eq!(third.attempt, 3);
+    assert!(
+        s.queue_extend(sc, third.id, Duration::from_secs(5))
+            .unwrap()
+    );
+    std::thread::sleep(lease + Duration::from_millis(200));
+    assert_eq!(
+        s.queue_claim(sc, lease).unwrap(),
+        None,
+        "extend keeps the item hidden"
+    );
+    assert!(
+        s.queue_ack(sc, third.id).unwrap(),
+        "extended lease can still ack"
+    );
+    assert_eq!(s.queue_len(sc).unwrap(), 0);
+    assert!(matches!(
+        s.queue_claim(sc, Duration::ZERO),
+        Err(Error::InvalidInput { .. })
+    ));
+}
+
+/// An item claimed `max_attempts` times goes to the dead-letter list instead of being
+/// delivered again, by claim or by pop.
+pub fn queue_dead_letters(s: &dyn FunctionStorage) {
+    let sc = b"dlq";
+    let max = s.stat().unwrap().max_attempts;
+    s.queue_push(sc, &[v("poison"), v("fine")]).unwrap();
+    for attempt in 1..=max {
+        let c = s
+            .queue_claim(sc, Duration::from_secs(30))
+            .unwrap()
+            .expect("poison item");
+        assert_eq!((c.value.as_slice(), c.attempt), (&b"poison"[..], attempt));
+        assert!(s.queue_release(sc, c.id).unwrap());
+    }
+    let next = s
+        .queue_claim(sc, Duration::from_secs(30))
+        .unwrap()
+        .expect("the healthy item");
+    assert_eq!(
+        next.value,
+        v("fine"),
+        "the exhausted item is not delivered again"
+    );
+    let dead = s.queue_dead_letters(sc, 10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].value.as_slice(), dead[0].attempts),
+        (&b"poison"[..], max)
+    );
+    assert_eq!(
+        s.queue_len(sc).unwrap(),
+        1,
+        "dead letters are not queue items"
+    );
+    assert!(s.queue_ack(sc, next.id).unwrap());
+
+    s.queue_push(sc, &[v("popped-poison")]).unwrap();
+    for _ in 0..max {
+        let c = s
+            .queue_claim(sc, Duration::from_secs(30))
+            .unwrap()
+            .expect("item");
+        assert!(s.queue_release(sc, c.id).unwrap());
+    }
+    assert_eq!(
+        s.queue_pop(sc).unwrap(),
+        None,
+        "pop skips exhausted items too"
+    );
+    assert_eq!(s.queue_dead_letters(sc, 10).unwrap().len(), 2);
+    assert_eq!(s.queue_dead_letters(sc, 1).unwrap().len(), 1, "limit");
+    assert_eq!(
+        s.queue_clear(sc).unwrap(),
+        2,
+        "queue_clear drops dead letters too"
+    );
+    assert!(s.queue_dead_letters(sc, 10).unwrap().is_empty());
+}
+
+/// Names are opaque bytes: empty, NUL, `/`, `..`, invalid UTF-8 and 64 KiB names work in
+/// every position and never collide with each other.
+pub fn adversarial_names(s: &dyn FunctionStorage) {
+    let long = vec![b'k'; 64 << 10];
+    let names: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        b"\x00".to_vec(),
+        b"a\x00b".to_vec(),
+        b"/".to_vec(),
+        b"..".to_vec(),
+        b"../../etc/passwd".to_vec(),
+        b"\xff\xfe\x80".to_vec(),
+        b"a/b".to_vec(),
+        b"a".to_vec(),
+        b"%2e%2e".to_vec(),
+        long.clone(),
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let tag = (i as u32).to_le_bytes();
+        s.state_put(name, name, name, &tag).unwrap();
+        s.append(name, name, name, &tag).unwrap();
+        s.counter_add(name, name, name, i as i64 + 1).unwrap();
+        s.queue_push(name, &[tag.to_vec()]).unwrap();
+    }
+    // Concatenation-ambiguous triples must stay distinct.
+    s.state_put(b"a", b"/b", b"c", b"one").unwrap();
+    s.state_put(b"a/", b"b", b"c", b"two").unwrap();
+    for (i, name) in names.iter().enumerate() {
+        let tag = (i as u32).to_le_bytes().to_vec();
+        assert_eq!(
+            s.state_get(name, name, name).unwrap(),
+            Some(tag.clone()),
+            "state name #{i}"
+        );
+        let log = s.scan(name, name, name, -1, u64::MAX).unwrap();
+        assert_eq!(log.len(), 1, "log name #{i}");
+        assert_eq!(log[0].1, tag);
+        assert_eq!(
+            s.counter_get(name, name, name).unwrap(),
+            i as i64 + 1,
+            "counter name #{i}"
+        );
+        assert_eq!(s.queue_pop(name).unwrap(), Some(tag), "queue name #{i}");
+    }
+    assert_eq!(s.state_get(b"a", b"/b", b"c").unwrap(), Some(v("one")));
+    assert_eq!(s.state_get(b"a/", b"b", b"c").unwrap(), Some(v("two")));
+    s.clear(b"..").unwrap();
+    assert_eq!(s.state_get(b"..", b"..", b"..").unwrap(), None);
+    assert!(
+        s.state_get(b"/", b"/", b"/").unwrap().is_some(),
+        "clearing `..` touched nothing else"
+    );
+    assert!(s.state_get(&long, &long, &long).unwrap().is_some());
+}
+
+/// Values from 0 bytes to 64 MiB come back intact from state, logs and the queue.
+pub fn value_sizes(s: &dyn FunctionStorage) {
+    let sc = b"sizes";
+    for size in [0usize, 1, 100, 64 << 10, 1 << 20, 64 << 20] {
+        let value: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+        s.kv_put(sc, b"k", &value).unwrap();
+        assert!(
+            s.kv_get(sc, b"k").unwrap() == Some(value.clone()),
+            "state value of {size} bytes"
+        );
+        let id = s.append(sc, b"n", b"l", &value).unwrap();
+        let got = s.scan(sc, b"n", b"l", id - 1, 1).unwrap();
+        assert!(
+            got.len() == 1 && got[0].1 == value,
+            "log value of {size} bytes"
+        );
+        s.queue_push(sc, std::slice::from_ref(&value)).unwrap();
+        assert!(
+            s.queue_pop(sc).unwrap() == Some(value),
+            "queue value of {size} bytes"
+        );
+    }
+}
+
+/// A value over the store's `max_value_bytes` is refused with `InvalidInput` by every write,
+/// and nothing is stored.
+pub fn oversized_values_rejected(s: &dyn FunctionStorage) {
+    let limit = s.stat().unwrap().max_value_bytes;
+    let Ok(size) = usize::try_from(limit + 1) else {
+        panic!("max_value_bytes {limit} does not fit in memory here")
+    };
+    assert!(
+        size <= 512 << 20,
+        "the kit needs a store with max_value_bytes ≤ 512 MiB, got {limit}"
+    );
+    let big = vec![1u8; size];
+    let sc = b"oversized";
+    let refused = |r: crate::Result<()>, what: &str| match r {
+        Err(Error::InvalidInput { .. }) => {}
+        other => panic!("{what} with a value over the limit: {other:?}"),
+    };
+    refused(s.kv_put(sc, b"k", &big), "kv_put");
+    refused(s.append(sc, b"n", b"l", &big).map(drop), "append");
+    refused(s.queue_push(sc, &[v("small"), big]), "queue_push");
+    assert_eq!(s.kv_get(sc, b"k").unwrap(), None);
+    assert!(s.scan(sc, b"n", b"l", -1, u64::MAX).unwrap().is_empty());
+    assert_eq!(s.queue_len(sc).unwrap(), 0, "a refused push stores nothing");
+}
+
+/// `stat` counts what the store holds.
+pub fn stat_counts(s: &dyn FunctionStorage) {
+    let before = s.stat().unwrap();
+    s.kv_put(b"stat", b"k", b"v").unwrap();
+    s.append(b"stat", b"n", b"l", b"v").unwrap();
+    s.counter_add(b"stat", b"n", b"c", 1).unwrap();
+    s.queue_push(b"stat", &[v("a"), v("b")]).unwrap();
+    let after = s.stat().unwrap();
+    assert!(!after.backend.is_empty());
+    assert_eq!(after.scopes, before.scopes + 1);
+    assert_eq!(after.state_entries, before.state_entries + 1);
+    assert_eq!(after.log_entries, before.log_entries + 1);
+    assert_eq!(after.counters, before.counters + 1);
+    assert_eq!(after.queue_items, before.queue_items + 2);
+}
+
+/// Generates one `#[test]` per conformance check. `$factory` is an expression evaluated
+/// afresh for each test; it must yield something that dereferences to
+/// `dyn FunctionStorage` (an `Arc<dyn FunctionStorage>`, or a guard that also owns a temp
+/// directory). The store must accept values of 64 MiB and refuse larger ones at
+/// `max_value_bytes` (use `?max_value_bytes=68157440`, 65 MiB).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr) => {
+        $crate::conformance_tests!(@each $factory;
+            kv_roundtrip, state_namespaces_are_isolated, state_batches, state_scan_ranges,
+            state_delete_selections, state_drain_takes_everything_once, log_ordering_and_cursors,
+            counters_basic, counters_concurrent_adds, scopes_are_isolated,
+            clear_drops_the_whole_scope, gc_drops_only_stale_scopes, queue_fifo,
+            queue_concurrent_pops, queue_leases, queue_dead_letters, adversarial_names,
+            value_sizes, oversized_values_rejected, stat_counts);
+    };
+    (@each $factory:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $check() {
+                let store = $factory;
+                $crate::conformance::$check(&*store);
+            }
+        )*
+    };
+}

@@ -1,0 +1,43 @@
+//! # silo — durable, cross-process state for pooled worker processes
+//!
+//! DuckDB's VGI protocol runs user functions in pools of worker processes; one query's pieces
+//! (the sink and source of a buffering function, an aggregate's per-group state, a parallel
+//! scan's work queue) land in different processes and must share state that outlives each of
+//! them. silo is that state layer: one contract, [`FunctionStorage`], and interchangeable
+//! backends built from one URL by [`open`].
+//!
+//! ```
+//! # fn main() -> silo::Result<()> {
+//! let dir = tempfile::tempdir().expect("temp dir");
+//! let store = silo::open(&format!("sqlite://{}/state.db", dir.path().display()))?;
+//!
+//! store.kv_put(b"query-42", b"group:7", b"partial sum")?;
+//! let id = store.append(b"query-42", b"batches", b"sink", b"arrow ipc bytes")?;
+//! store.queue_push(b"query-42", &[b"partition 0".to_vec(), b"partition 1".to_vec()])?;
+//!
+//! assert_eq!(store.kv_get(b"query-42", b"group:7")?.as_deref(), Some(&b"partial sum"[..]));
+//! assert_eq!(store.scan(b"query-42", b"batches", b"sink", 0, u64::MAX)?[0].0, id);
+//! assert_eq!(store.queue_pop(b"query-42")?.as_deref(), Some(&b"partition 0"[..]));
+//! store.clear(b"query-42")?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod conformance;
+mod error;
+mod memory;
+mod open;
+mod options;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+mod storage;
+
+pub use error::{Error, Result};
+pub use memory::MemoryStorage;
+pub use open::{DEFAULT_ORPHAN_TTL, EnvConfig, default_sqlite_path, default_url, from_env, open};
+pub use options::{StoreOptions, SyncMode};
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStorage;
+pub use storage::{
+    Claim, DeadLetter, Entry, FunctionStorage, KeyRange, KeyValue, Selection, StoreStats,
+};

@@ -1,0 +1,273 @@
+//! One parser that turns a store URL (or the environment) into a backend, as
+//! `object_store::parse_url` does; and the default on-disk location of the embedded store.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::memory::MemoryStorage;
+use crate::{Error, FunctionStorage, Result, StoreOptions};
+
+/// The orphan TTL used when `VGI_BUFFERING_STORE_TTL_SECS` is unset: one day.
+pub const DEFAULT_ORPHAN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Opens the store a URL names (SPEC §5):
+///
+/// | URL | backend |
+/// |---|---|
+/// | `memory:` | in-process |
+/// | `sqlite:///abs/file.db` | SQLite file (WAL); `sqlite:` alone = the default path |
+/// | `fs:///abs/dir`, `http://…`, `postgres://…` | not built yet: [`Error::Unsupported`] |
+///
+/// Query parameters set [`StoreOptions`], e.g. `?sync=full&max_attempts=3`.
+pub fn open(url: &str) -> Result<Arc<dyn FunctionStorage>> {
+    let parsed = Url::parse(url).map_err(|e| {
+        Error::config(format!(
+            "cannot parse store URL {url:?}: {e} (expected e.g. memory:, sqlite:///abs/path.db)"
+        ))
+    })?;
+    let mut options = StoreOptions::default();
+    for (name, value) in parsed.query_pairs() {
+        options.set(&name, &value)?;
+    }
+    match parsed.scheme() {
+        "memory" => Ok(Arc::new(MemoryStorage::with_options(options))),
+        "sqlite" => open_sqlite(&parsed, options),
+        scheme @ ("fs" | "http" | "https" | "postgres" | "postgresql") => Err(Error::unsupported(
+            format!("opening a {scheme}: store"),
+            "this build of silo (that backend is on the roadmap)",
+        )),
+        other => Err(Error::config(format!(
+            "unknown store URL scheme {other:?} in {url:?} (known: memory, sqlite)"
+        ))),
+    }
+}
+
+#[cfg(feature = "sqlite")]
+fn open_sqlite(url: &Url, options: StoreOptions) -> Result<Arc<dyn FunctionStorage>> {
+    let path = sqlite_path(url)?;
+    Ok(Arc::new(crate::sqlite::SqliteStorage::open(path, options)?))
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn open_sqlite(_url: &Url, _options: StoreOptions) -> Result<Arc<dyn FunctionStorage>> {
+    Err(Error::unsupported(
+        "opening a sqlite: store",
+        "this build of silo (built without the `sqlite` feature)",
+    ))
+}
+
+/// The file a `sqlite:` URL names: `sqlite:///abs/file.db`, or the default path for `sqlite:`
+/// and `sqlite://`. Relative paths are refused so that two processes started in different
+/// directories can never open different stores by accident.
+fn sqlite_path(url: &Url) -> Result<PathBuf> {
+    if url.host_str().is_some_and(|h| !h.is_empty()) {
+        return Err(Error::config(format!(
+            "sqlite URL {url} names a host; use three slashes for an absolute path: \
+             sqlite:///abs/file.db"
+        )));
+    }
+    let path = url.path();
+    if path.is_empty() {
+        return default_sqlite_path();
+    }
+    if !path.starts_with('/') {
+        return Err(Error::config(format!(
+            "sqlite URL {url} has a relative path; use an absolute one: sqlite:///abs/file.db"
+        )));
+    }
+    // `to_file_path` percent-decodes; it does not care that the scheme is not `file`.
+    url.to_file_path()
+        .map_err(|()| Error::config(format!("sqlite URL {url} does not name a usable file path")))
+}
+
+/// The default embedded store: `$XDG_STATE_HOME/silo/state.db`, else
+/// `$HOME/.local/state/silo/state.db`.
+pub fn default_sqlite_path() -> Result<PathBuf> {
+    let base =
+        match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+            Some(dir) => PathBuf::from(dir),
+            None => {
+                let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).ok_or_else(|| {
+                Error::config(
+                    "cannot find a default store location: neither XDG_STATE_HOME nor HOME is \
+                     set; pass a store URL such as sqlite:///abs/state.db",
+                )
+            })?;
+                PathBuf::from(home).join(".local").join("state")
+            }
+        };
+    Ok(base.join("silo").join("state.db"))
+}
+
+/// The URL of the default embedded store.
+pub fn default_url() -> Result<String> {
+    let path = default_sqlite_path()?;
+    let url = Url::from_file_path(&path)
+        .map_err(|()| Error::config(format!("default path {} is not absolute", path.display())))?;
+    Ok(format!("sqlite://{}", &url.as_str()["file://".len()..]))
+}
+
+/// What the environment asks for (SPEC §5): the store URL and the orphan TTL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvConfig {
+    /// The store to open.
+    pub url: String,
+    /// Scopes untouched for longer than this are orphans (`VGI_BUFFERING_STORE_TTL_SECS`).
+    pub orphan_ttl: Duration,
+    /// Bearer token for an `http` store (`SILO_TOKEN`, else `VGI_STORAGE_TOKEN`).
+    pub token: Option<String>,
+}
+
+impl EnvConfig {
+    /// Reads `SILO_STORAGE_URL`; failing that the VGI variables `VGI_WORKER_SHARED_STORAGE`
+    /// (`memory` | `fs` | `sqlite` | `http`), `VGI_STORAGE_URL`, `VGI_STORAGE_DB`; and
+    /// `VGI_BUFFERING_STORE_TTL_SECS`. An unknown backend name is an error.
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// [`EnvConfig::from_env`] over any variable lookup (tests pass a map).
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let orphan_ttl = match var("VGI_BUFFERING_STORE_TTL_SECS") {
+            None => DEFAULT_ORPHAN_TTL,
+            Some(s) => Duration::from_secs(s.trim().parse::<u64>().map_err(|_| {
+                Error::config(format!(
+                    "VGI_BUFFERING_STORE_TTL_SECS={s:?} is not a whole number of seconds"
+                ))
+            })?),
+        };
+        let token = var("SILO_TOKEN").or_else(|| var("VGI_STORAGE_TOKEN"));
+        let url = match var("SILO_STORAGE_URL") {
+            Some(url) => url,
+            None => match var("VGI_WORKER_SHARED_STORAGE").as_deref() {
+                Some("memory") => "memory:".to_string(),
+                None | Some("sqlite") => match var("VGI_STORAGE_DB") {
+                    Some(path) if path.starts_with('/') => format!("sqlite://{path}"),
+                    Some(path) => {
+                        return Err(Error::config(format!(
+                            "VGI_STORAGE_DB={path:?} must be an absolute path"
+                        )));
+                    }
+                    None => default_url()?,
+                },
+                Some("fs") => "fs:".to_string(),
+                Some("http") => var("VGI_STORAGE_URL").ok_or_else(|| {
+                    Error::config("VGI_WORKER_SHARED_STORAGE=http requires VGI_STORAGE_URL")
+                })?,
+                Some(other) => {
+                    return Err(Error::config(format!(
+                        "VGI_WORKER_SHARED_STORAGE={other:?} is not a backend \
+                         (memory, fs, sqlite, http)"
+                    )));
+                }
+            },
+        };
+        Ok(EnvConfig {
+            url,
+            orphan_ttl,
+            token,
+        })
+    }
+}
+
+/// Opens the store the environment names (see [`EnvConfig::from_env`]).
+pub fn from_env() -> Result<Arc<dyn FunctionStorage>> {
+    open(&EnvConfig::from_env()?.url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Result<EnvConfig> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        EnvConfig::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn silo_url_wins_over_vgi_variables() {
+        let c = env(&[
+            ("SILO_STORAGE_URL", "memory:"),
+            ("VGI_WORKER_SHARED_STORAGE", "http"),
+        ])
+        .unwrap();
+        assert_eq!(c.url, "memory:");
+        assert_eq!(c.orphan_ttl, DEFAULT_ORPHAN_TTL);
+    }
+
+    #[test]
+    fn vgi_variables_map_to_urls() {
+        assert_eq!(
+            env(&[("VGI_WORKER_SHARED_STORAGE", "memory")]).unwrap().url,
+            "memory:"
+        );
+        let http = env(&[
+            ("VGI_WORKER_SHARED_STORAGE", "http"),
+            ("VGI_STORAGE_URL", "http://10.0.0.1:8080"),
+            ("VGI_STORAGE_TOKEN", "t0k"),
+            ("VGI_BUFFERING_STORE_TTL_SECS", "60"),
+        ])
+        .unwrap();
+        assert_eq!(http.url, "http://10.0.0.1:8080");
+        assert_eq!(http.token.as_deref(), Some("t0k"));
+        assert_eq!(http.orphan_ttl, Duration::from_secs(60));
+        let db = env(&[
+            ("VGI_WORKER_SHARED_STORAGE", "sqlite"),
+            ("VGI_STORAGE_DB", "/x/y.db"),
+        ]);
+        assert_eq!(db.unwrap().url, "sqlite:///x/y.db");
+        let default = env(&[("HOME", "/home/u")]);
+        // HOME comes from the real environment in `default_url`, so only the scheme is fixed here.
+        assert!(default.unwrap().url.starts_with("sqlite:///"));
+    }
+
+    #[test]
+    fn bad_environment_is_an_error_not_a_fallback() {
+        assert!(matches!(
+            env(&[("VGI_WORKER_SHARED_STORAGE", "redis")]),
+            Err(Error::Config { .. })
+        ));
+        assert!(matches!(
+            env(&[("VGI_WORKER_SHARED_STORAGE", "http")]),
+            Err(Error::Config { .. })
+        ));
+        assert!(matches!(
+            env(&[("VGI_BUFFERING_STORE_TTL_SECS", "soon")]),
+            Err(Error::Config { .. })
+        ));
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        assert!(matches!(open("nosuch://x"), Err(Error::Config { .. })));
+        assert!(matches!(open("not a url"), Err(Error::Config { .. })));
+        assert!(matches!(
+            open("fs:///tmp/x"),
+            Err(Error::Unsupported { .. })
+        ));
+        assert!(matches!(open("memory:?bogus=1"), Err(Error::Config { .. })));
+        assert!(open("memory:?max_attempts=2").is_ok());
+    }
+
+    #[test]
+    fn sqlite_paths() {
+        let p = |s: &str| sqlite_path(&Url::parse(s).unwrap());
+        assert_eq!(
+            p("sqlite:///tmp/a%20b.db").unwrap(),
+            PathBuf::from("/tmp/a b.db")
+        );
+        assert_eq!(
+            p("sqlite:///tmp/a+b.db").unwrap(),
+            PathBuf::from("/tmp/a+b.db")
+        );
+        assert!(matches!(p("sqlite://host/x.db"), Err(Error::Config { .. })));
+        assert!(matches!(p("sqlite:rel.db"), Err(Error::Config { .. })));
+    }
+}
