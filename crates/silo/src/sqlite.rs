@@ -342,10 +342,24 @@ fn map_error(path: &Path, op: &str, e: rusqlite::Error) -> Error {
                 source: io::Error::new(io::ErrorKind::PermissionDenied, e.to_string()),
             }
         }
-        Some(ErrorCode::SystemIoFailure) => Error::Io {
-            context: format!("{op} {where_}"),
-            source: io::Error::other(e.to_string()),
-        },
+        Some(ErrorCode::SystemIoFailure) => {
+            // A failed write is most often a full disk, a quota or a file-size limit; SQLite
+            // reports those as SQLITE_IOERR_WRITE without the errno.
+            let write_failed = matches!(
+                &e,
+                rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_IOERR_WRITE
+            );
+            let hint = if write_failed {
+                " while writing (disk full, quota or file-size limit?); nothing of the operation \
+                 was stored"
+            } else {
+                ""
+            };
+            Error::Io {
+                context: format!("{op} {where_}"),
+                source: io::Error::other(format!("{e}{hint}")),
+            }
+        }
         Some(ErrorCode::TooBig) => Error::invalid(format!("{detail}: value too large for SQLite")),
         _ => Error::Backend {
             backend: "sqlite".into(),
