@@ -41,3 +41,8 @@ pub use sqlite::SqliteStorage;
 pub use storage::{
     Claim, DeadLetter, Entry, FunctionStorage, KeyRange, KeyValue, Selection, StoreStats,
 };
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
