@@ -797,6 +797,79 @@ pub fn oversized_values_rejected(s: &dyn FunctionStorage) {
     assert_eq!(s.queue_len(sc).unwrap(), 0, "a refused push stores nothing");
 }
 
+/// `gc_prefix` sweeps only stale scopes under the prefix.
+pub fn gc_prefix_sweeps_only_its_prefix(s: &dyn FunctionStorage) {
+    s.kv_put(b"tenant-a/1", b"k", b"v").unwrap();
+    s.kv_put(b"tenant-a/2", b"k", b"v").unwrap();
+    s.kv_put(b"tenant-b/1", b"k", b"v").unwrap();
+    s.kv_put(b"tenant-", b"k", b"v").unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        s.gc_prefix(b"tenant-a/", Duration::from_millis(500))
+            .unwrap(),
+        2
+    );
+    assert_eq!(s.kv_get(b"tenant-a/1", b"k").unwrap(), None);
+    assert!(
+        s.kv_get(b"tenant-b/1", b"k").unwrap().is_some(),
+        "other prefix untouched"
+    );
+    assert!(
+        s.kv_get(b"tenant-", b"k").unwrap().is_some(),
+        "a shorter name is not under the prefix"
+    );
+    assert_eq!(s.gc_prefix(b"\xff\xff", Duration::ZERO).unwrap(), 0);
+}
+
+/// `apply_once` applies an operation once per key and replays its reply; a failed apply
+/// stores nothing; concurrent calls with one key apply once; expired keys are forgotten.
+/// (Only for backends that serve as a server's store: memory, sqlite, postgres.)
+pub fn apply_once_applies_once(s: &dyn FunctionStorage) {
+    let sc = b"once";
+    let mut push = |st: &dyn FunctionStorage| {
+        st.queue_push(sc, &[v("item")])?;
+        Ok(st.queue_len(sc)?.to_le_bytes().to_vec())
+    };
+    let first = s.apply_once(b"key-1", &mut push).unwrap();
+    let again = s.apply_once(b"key-1", &mut push).unwrap();
+    assert_eq!(first, again, "a retry gets the original reply");
+    assert_eq!(s.queue_len(sc).unwrap(), 1, "the retry applied nothing");
+    assert_eq!(
+        s.apply_once(b"key-2", &mut push).unwrap(),
+        2u64.to_le_bytes().to_vec()
+    );
+
+    let mut failing =
+        |_: &dyn FunctionStorage| -> crate::Result<Vec<u8>> { Err(Error::invalid("no")) };
+    assert!(s.apply_once(b"key-3", &mut failing).is_err());
+    assert_eq!(
+        s.apply_once(b"key-3", &mut push).unwrap(),
+        3u64.to_le_bytes().to_vec(),
+        "a failure is not remembered"
+    );
+
+    std::thread::scope(|t| {
+        for _ in 0..4 {
+            t.spawn(|| {
+                let mut add = |st: &dyn FunctionStorage| {
+                    Ok(st.counter_add(sc, b"", b"c", 1)?.to_le_bytes().to_vec())
+                };
+                s.apply_once(b"key-concurrent", &mut add).unwrap()
+            });
+        }
+    });
+    assert_eq!(
+        s.counter_get(sc, b"", b"c").unwrap(),
+        1,
+        "concurrent retries apply once"
+    );
+
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(s.expire_once_keys(Duration::from_millis(10)).unwrap() >= 4);
+    s.apply_once(b"key-1", &mut push).unwrap();
+    assert_eq!(s.queue_len(sc).unwrap(), 4, "an expired key applies again");
+}
+
 /// `stat` counts what the store holds.
 pub fn stat_counts(s: &dyn FunctionStorage) {
     let before = s.stat().unwrap();
@@ -825,7 +898,8 @@ macro_rules! conformance_tests {
             kv_roundtrip, state_namespaces_are_isolated, state_batches, state_scan_ranges,
             state_delete_selections, state_drain_takes_everything_once, log_ordering_and_cursors,
             counters_basic, counters_concurrent_adds, scopes_are_isolated,
-            clear_drops_the_whole_scope, gc_drops_only_stale_scopes, queue_fifo,
+            clear_drops_the_whole_scope, gc_drops_only_stale_scopes, gc_prefix_sweeps_only_its_prefix,
+            queue_fifo,
             queue_concurrent_pops, queue_leases, queue_dead_letters, adversarial_names,
             value_sizes, oversized_values_rejected, stat_counts);
     };

@@ -18,7 +18,13 @@ use crate::{
 pub struct MemoryStorage {
     options: StoreOptions,
     inner: Mutex<Inner>,
+    /// `apply_once` replies by key, with their creation time; its lock is held across the
+    /// whole check-apply-record so that concurrent retries of one key apply once.
+    once: Mutex<HashMap<Vec<u8>, OnceReply>>,
 }
+
+/// A stored `apply_once` reply and when it was stored (ms since the epoch).
+type OnceReply = (Vec<u8>, i64);
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -66,6 +72,7 @@ impl MemoryStorage {
         MemoryStorage {
             options,
             inner: Mutex::default(),
+            once: Mutex::default(),
         }
     }
 
@@ -468,12 +475,36 @@ impl FunctionStorage for MemoryStorage {
         Ok(())
     }
 
-    fn gc(&self, ttl: Duration) -> Result<u64> {
+    fn gc_prefix(&self, scope_prefix: &[u8], ttl: Duration) -> Result<u64> {
         let cutoff = now_millis().saturating_sub(millis(ttl));
         let mut guard = self.lock();
         let before = guard.scopes.len();
-        guard.scopes.retain(|_, s| s.touched_ms >= cutoff);
+        guard
+            .scopes
+            .retain(|name, s| !name.starts_with(scope_prefix) || s.touched_ms >= cutoff);
         Ok((before - guard.scopes.len()) as u64)
+    }
+
+    fn apply_once(
+        &self,
+        key: &[u8],
+        apply: &mut dyn FnMut(&dyn FunctionStorage) -> Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        let mut once = self.once.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((reply, _)) = once.get(key) {
+            return Ok(reply.clone());
+        }
+        let reply = apply(self)?;
+        once.insert(key.to_vec(), (reply.clone(), now_millis()));
+        Ok(reply)
+    }
+
+    fn expire_once_keys(&self, age: Duration) -> Result<u64> {
+        let cutoff = now_millis().saturating_sub(millis(age));
+        let mut once = self.once.lock().unwrap_or_else(|p| p.into_inner());
+        let before = once.len();
+        once.retain(|_, (_, created)| *created >= cutoff);
+        Ok((before - once.len()) as u64)
     }
 
     fn stat(&self) -> Result<StoreStats> {

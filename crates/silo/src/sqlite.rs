@@ -7,16 +7,17 @@
 //! `SQLITE_LOCKED` are retried with backoff until `busy_timeout`, then surface as
 //! [`Error::Unavailable`]: never as a partial or empty result.
 
+use std::cell::{Cell, RefCell};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
+
+use parking_lot::ReentrantMutex;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{
-    Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
-};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::options::{SyncMode, millis, now_millis};
 use crate::storage::{Entry, KeyValue};
@@ -26,7 +27,7 @@ use crate::{
 };
 
 /// The schema version this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Reader connections kept open for reuse.
 const MAX_IDLE_READERS: usize = 8;
@@ -35,6 +36,9 @@ const MAX_IDLE_READERS: usize = 8;
 /// that a stream of writes does not rewrite the `scopes` row every time. `gc` is therefore
 /// exact to this resolution.
 const TOUCH_RESOLUTION_MS: i64 = 1000;
+
+/// Schema migrations: entry `n` takes a database from version `n` to `n + 1`.
+const MIGRATIONS: [&str; 2] = [SCHEMA_V1, SCHEMA_V2];
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS scopes (
@@ -80,6 +84,14 @@ CREATE TABLE IF NOT EXISTS sequences (name TEXT PRIMARY KEY, value INTEGER NOT N
 INSERT OR IGNORE INTO sequences (name, value) VALUES ('claim', 0);
 ";
 
+/// Version 2: replies of requests applied once, keyed by their idempotency key (`apply_once`).
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS idempotency (
+    key BLOB PRIMARY KEY, reply BLOB NOT NULL, created_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (created_ms);
+";
+
 /// Tables holding a scope's data, for `clear` and `gc`.
 const SCOPED_TABLES: [&str; 6] = [
     "state",
@@ -94,7 +106,9 @@ const SCOPED_TABLES: [&str; 6] = [
 pub struct SqliteStorage {
     path: PathBuf,
     options: StoreOptions,
-    writer: Mutex<Connection>,
+    /// The one connection that writes. Reentrant so that the operations `apply_once` runs
+    /// can join the transaction it holds open on the same thread.
+    writer: ReentrantMutex<Writer>,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -107,10 +121,26 @@ impl std::fmt::Debug for SqliteStorage {
     }
 }
 
+/// The writer connection, and whether `apply_once` holds a transaction open on it (only the
+/// thread holding the reentrant lock reads or changes either).
+struct Writer {
+    conn: RefCell<Connection>,
+    in_apply_once: Cell<bool>,
+}
+
 /// Why one attempt of an operation failed: SQLite (maybe retryable) or the operation itself.
 enum Failure {
     Sqlite(rusqlite::Error),
     Silo(Error),
+}
+
+impl Failure {
+    fn into_error(self, path: &Path, op: &str) -> Error {
+        match self {
+            Failure::Silo(e) => e,
+            Failure::Sqlite(e) => map_error(path, op, e),
+        }
+    }
 }
 
 impl From<rusqlite::Error> for Failure {
@@ -148,9 +178,12 @@ impl SqliteStorage {
         let path = path.into();
         prepare_file(&path)?;
         let mut store = SqliteStorage {
-            writer: Mutex::new(
-                connect(&path, &options).map_err(|e| map_error(&path, "opening", e))?,
-            ),
+            writer: ReentrantMutex::new(Writer {
+                conn: RefCell::new(
+                    connect(&path, &options).map_err(|e| map_error(&path, "opening", e))?,
+                ),
+                in_apply_once: Cell::new(false),
+            }),
             readers: Mutex::new(Vec::new()),
             path,
             options,
@@ -166,7 +199,7 @@ impl SqliteStorage {
 
     fn init_schema(&mut self) -> Result<()> {
         let path = self.path.clone();
-        let conn = self.writer.get_mut().unwrap_or_else(|p| p.into_inner());
+        let conn = self.writer.get_mut().conn.get_mut();
         retry(&path, "opening", self.options.busy_timeout, || {
             let mode: String =
                 conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
@@ -188,8 +221,12 @@ impl SqliteStorage {
                     path.display()
                 ))));
             }
+            for (from, migration) in MIGRATIONS.iter().enumerate() {
+                if version <= from as i64 {
+                    tx.execute_batch(migration)?;
+                }
+            }
             if version < SCHEMA_VERSION {
-                tx.execute_batch(SCHEMA_V1)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             }
             tx.commit()?;
@@ -197,15 +234,22 @@ impl SqliteStorage {
         })
     }
 
-    fn lock_writer(&self) -> MutexGuard<'_, Connection> {
-        // A panic inside an operation drops its `Transaction`, which rolls back: the connection
-        // is consistent even when the lock is poisoned.
-        self.writer.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Runs `f` in one `BEGIN IMMEDIATE` transaction, retrying on lock contention.
-    fn write<T>(&self, op: &str, mut f: impl FnMut(&Transaction<'_>) -> Attempt<T>) -> Result<T> {
-        let mut conn = self.lock_writer();
+    /// Runs `f` as one atomic write: its own `BEGIN IMMEDIATE` transaction, retried on lock
+    /// contention; or, inside `apply_once`'s open transaction, a savepoint of it.
+    fn write<T>(&self, op: &str, mut f: impl FnMut(&Connection) -> Attempt<T>) -> Result<T> {
+        let guard = self.writer.lock();
+        let mut conn = guard.conn.try_borrow_mut().map_err(|_| Error::Backend {
+            backend: "sqlite".into(),
+            message: format!("{op} re-entered the writer while it was in use (a silo bug)"),
+        })?;
+        if guard.in_apply_once.get() {
+            return self.write_in_savepoint(&conn, op, f);
+        }
+        if !conn.is_autocommit() {
+            // Left open by a failed rollback: never commit into it.
+            conn.execute_batch("ROLLBACK")
+                .map_err(|e| map_error(&self.path, op, e))?;
+        }
         retry(&self.path, op, self.options.busy_timeout, || {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let out = f(&tx)?;
@@ -214,8 +258,38 @@ impl SqliteStorage {
         })
     }
 
+    fn write_in_savepoint<T>(
+        &self,
+        conn: &Connection,
+        op: &str,
+        mut f: impl FnMut(&Connection) -> Attempt<T>,
+    ) -> Result<T> {
+        let mut run = || -> Attempt<T> {
+            conn.execute_batch("SAVEPOINT silo_op")?;
+            match f(conn) {
+                Ok(out) => {
+                    conn.execute_batch("RELEASE silo_op")?;
+                    Ok(out)
+                }
+                Err(e) => {
+                    conn.execute_batch("ROLLBACK TO silo_op; RELEASE silo_op")?;
+                    Err(e)
+                }
+            }
+        };
+        run().map_err(|failure| failure.into_error(&self.path, op))
+    }
+
     /// Runs `f` in one read transaction on a pooled reader connection.
-    fn read<T>(&self, op: &str, mut f: impl FnMut(&Transaction<'_>) -> Attempt<T>) -> Result<T> {
+    fn read<T>(&self, op: &str, mut f: impl FnMut(&Connection) -> Attempt<T>) -> Result<T> {
+        // Inside `apply_once` on this thread, read through its transaction to see its writes.
+        // (Another thread cannot take the writer while that transaction is open.)
+        if let Some(guard) = self.writer.try_lock()
+            && guard.in_apply_once.get()
+            && let Ok(conn) = guard.conn.try_borrow()
+        {
+            return f(&conn).map_err(|failure| failure.into_error(&self.path, op));
+        }
         let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut conn = match pooled {
             Some(conn) => conn,
@@ -236,6 +310,29 @@ impl SqliteStorage {
 
     fn check_path(&self, scope: &[u8], ns: &[u8], key: &[u8]) -> Result<()> {
         self.options.check_path(scope, ns, key)
+    }
+}
+
+/// Marks `apply_once`'s transaction open; dropping it ends the mark and rolls back whatever
+/// was not committed, on every exit, panics included.
+struct OpenTransaction<'a>(&'a Writer);
+
+impl<'a> OpenTransaction<'a> {
+    fn new(writer: &'a Writer) -> Self {
+        writer.in_apply_once.set(true);
+        OpenTransaction(writer)
+    }
+}
+
+impl Drop for OpenTransaction<'_> {
+    fn drop(&mut self) {
+        self.0.in_apply_once.set(false);
+        if let Ok(conn) = self.0.conn.try_borrow()
+            && !conn.is_autocommit()
+        {
+            // If even this fails, the next `write` rolls back before it begins.
+            let _ = conn.execute_batch("ROLLBACK");
+        }
     }
 }
 
@@ -369,7 +466,7 @@ fn map_error(path: &Path, op: &str, e: rusqlite::Error) -> Error {
 }
 
 /// Marks `scope` as written now (see [`TOUCH_RESOLUTION_MS`]).
-fn touch(tx: &Transaction<'_>, scope: &[u8], now: i64) -> rusqlite::Result<()> {
+fn touch(tx: &Connection, scope: &[u8], now: i64) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO scopes (scope, touched_ms) VALUES (?1, ?2)
          ON CONFLICT (scope) DO UPDATE SET touched_ms = excluded.touched_ms
@@ -394,7 +491,7 @@ fn range_sql(range: &KeyRange, first_param: usize) -> (String, Vec<&[u8]>) {
     (sql, args)
 }
 
-fn clear_scope(tx: &Transaction<'_>, scope: &[u8]) -> rusqlite::Result<()> {
+fn clear_scope(tx: &Connection, scope: &[u8]) -> rusqlite::Result<()> {
     for table in SCOPED_TABLES {
         tx.prepare_cached(&format!("DELETE FROM {table} WHERE scope = ?1"))?
             .execute(params![scope])?;
@@ -405,7 +502,7 @@ fn clear_scope(tx: &Transaction<'_>, scope: &[u8]) -> rusqlite::Result<()> {
 /// Moves exhausted head items to the dead-letter list and returns the oldest deliverable one:
 /// `(id, attempts)`.
 fn next_visible(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     scope: &[u8],
     now: i64,
     max_attempts: u32,
@@ -427,7 +524,7 @@ fn next_visible(
     }
 }
 
-fn dead_letter(tx: &Transaction<'_>, id: i64, now: i64) -> rusqlite::Result<()> {
+fn dead_letter(tx: &Connection, id: i64, now: i64) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO dead_letters (scope, value, attempts, dead_at_ms)
          SELECT scope, value, attempts, ?2 FROM queue WHERE id = ?1",
@@ -839,16 +936,26 @@ impl FunctionStorage for SqliteStorage {
         self.write("clear", |tx| Ok(clear_scope(tx, scope)?))
     }
 
-    fn gc(&self, ttl: Duration) -> Result<u64> {
+    fn gc_prefix(&self, scope_prefix: &[u8], ttl: Duration) -> Result<u64> {
         // Sweep in batches so one huge sweep never holds the write lock for long.
         const BATCH: i64 = 64;
         let cutoff = now_millis().saturating_sub(millis(ttl));
+        let range = KeyRange::prefix(scope_prefix);
+        let (bounds, bound_args) = range_sql(&range, 3);
+        let sql = format!(
+            "SELECT scope FROM scopes WHERE touched_ms < ?1{} LIMIT ?2",
+            bounds.replace("key", "scope")
+        );
         let mut dropped = 0u64;
         loop {
             let n = self.write("gc", |tx| {
+                let mut args: Vec<&dyn rusqlite::ToSql> = vec![&cutoff, &BATCH];
+                for a in &bound_args {
+                    args.push(a);
+                }
                 let stale: Vec<Vec<u8>> = tx
-                    .prepare_cached("SELECT scope FROM scopes WHERE touched_ms < ?1 LIMIT ?2")?
-                    .query_map(params![cutoff, BATCH], |row| row.get(0))?
+                    .prepare_cached(&sql)?
+                    .query_map(args.as_slice(), |row| row.get(0))?
                     .collect::<rusqlite::Result<_>>()?;
                 for scope in &stale {
                     clear_scope(tx, scope)?;
@@ -860,6 +967,60 @@ impl FunctionStorage for SqliteStorage {
                 return Ok(dropped);
             }
         }
+    }
+
+    fn apply_once(
+        &self,
+        key: &[u8],
+        apply: &mut dyn FnMut(&dyn FunctionStorage) -> Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        let guard = self.writer.lock();
+        let map = |e| map_error(&self.path, "apply_once", e);
+        {
+            let conn = guard.conn.try_borrow_mut().map_err(|_| Error::Backend {
+                backend: "sqlite".into(),
+                message: "apply_once re-entered the writer (a silo bug)".into(),
+            })?;
+            if guard.in_apply_once.get() {
+                return Err(Error::invalid("apply_once cannot be nested"));
+            }
+            retry(&self.path, "apply_once", self.options.busy_timeout, || {
+                Ok(conn.execute_batch("BEGIN IMMEDIATE")?)
+            })?;
+        }
+        // Rolls the transaction back on every exit that did not commit, panics included.
+        let open = OpenTransaction::new(&guard);
+        let replay: Option<Vec<u8>> = guard
+            .conn
+            .borrow()
+            .prepare_cached("SELECT reply FROM idempotency WHERE key = ?1")
+            .and_then(|mut stmt| stmt.query_row(params![key], |row| row.get(0)).optional())
+            .map_err(map)?;
+        if let Some(reply) = replay {
+            return Ok(reply);
+        }
+        let reply = apply(self)?;
+        {
+            let conn = guard.conn.borrow();
+            conn.prepare_cached(
+                "INSERT INTO idempotency (key, reply, created_ms) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut stmt| stmt.execute(params![key, reply, now_millis()]))
+            .and_then(|_| conn.execute_batch("COMMIT"))
+            .map_err(map)?;
+        }
+        drop(open);
+        Ok(reply)
+    }
+
+    fn expire_once_keys(&self, age: Duration) -> Result<u64> {
+        let cutoff = now_millis().saturating_sub(millis(age));
+        self.write("expire_once_keys", |tx| {
+            let n = tx
+                .prepare_cached("DELETE FROM idempotency WHERE created_ms < ?1")?
+                .execute(params![cutoff])?;
+            Ok(n as u64)
+        })
     }
 
     fn stat(&self) -> Result<StoreStats> {

@@ -274,7 +274,33 @@ pub trait FunctionStorage: Send + Sync + fmt::Debug {
     fn clear(&self, scope: &[u8]) -> Result<()>;
 
     /// Drops every scope not written for longer than `ttl`; returns how many were dropped.
-    fn gc(&self, ttl: Duration) -> Result<u64>;
+    fn gc(&self, ttl: Duration) -> Result<u64> {
+        self.gc_prefix(b"", ttl)
+    }
+
+    /// `gc` restricted to the scopes whose name starts with `scope_prefix` (a server sweeps
+    /// one tenant's scopes this way).
+    fn gc_prefix(&self, scope_prefix: &[u8], ttl: Duration) -> Result<u64>;
+
+    /// Runs `apply` (one operation on this store) at most once per `key`: the first call
+    /// stores `apply`'s reply in the same transaction as its effect; later calls with the
+    /// same key return that reply without applying anything. A failed `apply` stores nothing.
+    /// `apply` must run its operations on the store it is given, on the calling thread.
+    /// Backends that cannot do this return [`Error::Unsupported`](crate::Error::Unsupported).
+    fn apply_once(
+        &self,
+        key: &[u8],
+        apply: &mut dyn FnMut(&dyn FunctionStorage) -> Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        let _ = (key, apply);
+        Err(crate::Error::unsupported("apply_once", "this backend"))
+    }
+
+    /// Forgets `apply_once` keys older than `age`; returns how many were forgotten.
+    fn expire_once_keys(&self, age: Duration) -> Result<u64> {
+        let _ = age;
+        Ok(0)
+    }
 
     /// Counts of what the store holds.
     fn stat(&self) -> Result<StoreStats>;

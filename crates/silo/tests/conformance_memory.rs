@@ -1,3 +1,9 @@
 //! The conformance kit on the `memory:` backend.
 
 silo::conformance_tests!(silo::open("memory:?max_value_bytes=68157440").unwrap());
+
+#[test]
+fn apply_once_applies_once() {
+    let store = silo::open("memory:?max_value_bytes=68157440").unwrap();
+    silo::conformance::apply_once_applies_once(&*store);
+}
