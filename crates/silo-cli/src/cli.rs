@@ -51,6 +51,8 @@ impl Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve the store over HTTP (the VGI storage wire protocol); prints `PORT:<n>` once bound.
+    Serve(ServeArgs),
     /// Counts of what the store holds, its location and limits.
     Stat,
     /// Key/value state of a scope (the empty namespace).
@@ -76,6 +78,45 @@ pub enum Command {
         #[arg(long = "ttl", value_name = "SECS")]
         ttl_secs: u64,
     },
+}
+
+const SERVE_HELP: &str = "\
+The store is --store URL, else VGI_STORAGE_DB (a SQLite path), else SILO_STORAGE_URL, else the
+default SQLite file. VGI_WORKER_SHARED_STORAGE is a worker's setting and is ignored here.
+
+VGI workers use the server unchanged:
+  VGI_WORKER_SHARED_STORAGE=http VGI_STORAGE_URL=http://HOST:PORT [VGI_STORAGE_TOKEN=...]
+
+Routes: POST /rpc (wire protocol), GET /health, GET /metrics (Prometheus), GET /v1/info.
+SIGINT or SIGTERM stops accepting and finishes the requests in flight.";
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = SERVE_HELP)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, env = "VGI_STORAGE_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+
+    /// Bearer token every request must carry.
+    #[arg(
+        long,
+        env = "VGI_STORAGE_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "tokens"
+    )]
+    pub token: Option<String>,
+
+    /// File of `TOKEN TENANT` lines: each token is a tenant, fenced off from the others.
+    #[arg(long, value_name = "FILE")]
+    pub tokens: Option<PathBuf>,
+
+    /// Largest request body in bytes; larger requests get 413.
+    #[arg(long, default_value_t = silo_server::DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+
+    /// Seconds an idempotency key and its reply are kept for retries.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub idempotency_window: u64,
 }
 
 #[derive(Debug, Subcommand)]

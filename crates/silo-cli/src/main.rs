@@ -3,6 +3,7 @@
 //! `cli.rs`, this file runs the operations and prints their results.
 
 mod cli;
+mod serve;
 
 use std::io::{self, Read, Write};
 use std::process::ExitCode;
@@ -27,6 +28,7 @@ enum Failure {
     NotFound(String),
     Usage(String),
     Store(silo::Error),
+    Serve(String),
 }
 
 impl From<silo::Error> for Failure {
@@ -51,10 +53,17 @@ fn main() -> ExitCode {
             eprintln!("silo: {e}");
             ExitCode::from(exit::STORE)
         }
+        Err(Failure::Serve(e)) => {
+            eprintln!("silo serve: {e}");
+            ExitCode::from(exit::STORE)
+        }
     }
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
+    if let Command::Serve(args) = cli.command {
+        return serve::run(args, cli.store.as_deref()).map_err(Failure::Serve);
+    }
     let enc = cli.encoding();
     let store = match &cli.store {
         Some(url) => silo::open(url)?,
@@ -177,6 +186,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             store.clear(&name(&scope)?)?;
             Ok(())
         }
+        Command::Serve(_) => Err(Failure::Usage("serve is handled above".into())),
         Command::Gc { ttl_secs } => {
             let n = store.gc(Duration::from_secs(ttl_secs))?;
             emit(&mut out, format!("{n}\n").as_bytes())

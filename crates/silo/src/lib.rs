@@ -25,12 +25,16 @@
 
 pub mod conformance;
 mod error;
+#[cfg(feature = "http")]
+pub mod http;
 mod memory;
 mod open;
 mod options;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod storage;
+#[cfg(feature = "wire")]
+pub mod wire;
 
 pub use error::{Error, Result};
 pub use memory::MemoryStorage;

@@ -19,7 +19,8 @@ pub const DEFAULT_ORPHAN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// |---|---|
 /// | `memory:` | in-process |
 /// | `sqlite:///abs/file.db` | SQLite file (WAL); `sqlite:` alone = the default path |
-/// | `fs:///abs/dir`, `http://…`, `postgres://…` | not built yet: [`Error::Unsupported`] |
+/// | `http://host:port` | client of `silo serve` (`?retries=N&timeout_ms=M`) |
+/// | `fs:///abs/dir`, `postgres://…` | not built yet: [`Error::Unsupported`] |
 ///
 /// Query parameters set [`StoreOptions`], e.g. `?sync=full&max_attempts=3`.
 pub fn open(url: &str) -> Result<Arc<dyn FunctionStorage>> {
@@ -28,21 +29,29 @@ pub fn open(url: &str) -> Result<Arc<dyn FunctionStorage>> {
             "cannot parse store URL {url:?}: {e} (expected e.g. memory:, sqlite:///abs/path.db)"
         ))
     })?;
-    let mut options = StoreOptions::default();
-    for (name, value) in parsed.query_pairs() {
-        options.set(&name, &value)?;
-    }
     match parsed.scheme() {
-        "memory" => Ok(Arc::new(MemoryStorage::with_options(options))),
-        "sqlite" => open_sqlite(&parsed, options),
-        scheme @ ("fs" | "http" | "https" | "postgres" | "postgresql") => Err(Error::unsupported(
+        "memory" => Ok(Arc::new(MemoryStorage::with_options(store_options(
+            &parsed,
+        )?))),
+        "sqlite" => open_sqlite(&parsed, store_options(&parsed)?),
+        "http" | "https" => open_http(&parsed),
+        scheme @ ("fs" | "postgres" | "postgresql") => Err(Error::unsupported(
             format!("opening a {scheme}: store"),
             "this build of silo (that backend is on the roadmap)",
         )),
         other => Err(Error::config(format!(
-            "unknown store URL scheme {other:?} in {url:?} (known: memory, sqlite)"
+            "unknown store URL scheme {other:?} in {url:?} (known: memory, sqlite, http)"
         ))),
     }
+}
+
+/// The [`StoreOptions`] a local store's URL query sets.
+fn store_options(url: &Url) -> Result<StoreOptions> {
+    let mut options = StoreOptions::default();
+    for (name, value) in url.query_pairs() {
+        options.set(&name, &value)?;
+    }
+    Ok(options)
 }
 
 #[cfg(feature = "sqlite")]
@@ -56,6 +65,19 @@ fn open_sqlite(_url: &Url, _options: StoreOptions) -> Result<Arc<dyn FunctionSto
     Err(Error::unsupported(
         "opening a sqlite: store",
         "this build of silo (built without the `sqlite` feature)",
+    ))
+}
+
+#[cfg(feature = "http")]
+fn open_http(url: &Url) -> Result<Arc<dyn FunctionStorage>> {
+    Ok(Arc::new(crate::http::HttpStorage::open(url)?))
+}
+
+#[cfg(not(feature = "http"))]
+fn open_http(_url: &Url) -> Result<Arc<dyn FunctionStorage>> {
+    Err(Error::unsupported(
+        "opening an http: store",
+        "this build of silo (built without the `http` feature)",
     ))
 }
 

@@ -19,8 +19,10 @@ pub type KeyValue = (Vec<u8>, Vec<u8>);
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRange {
     /// Inclusive lower bound; `None` = from the first key.
+    #[serde(with = "serde_bytes")]
     pub start: Option<Vec<u8>>,
     /// Exclusive upper bound; `None` = to the last key.
+    #[serde(with = "serde_bytes")]
     pub end: Option<Vec<u8>>,
 }
 
@@ -102,6 +104,7 @@ pub struct Claim {
     /// ack someone else's delivery.
     pub id: i64,
     /// The item's bytes.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// 1 on the first delivery, +1 on each redelivery.
     pub attempt: u32,
@@ -111,6 +114,7 @@ pub struct Claim {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
     /// The item's bytes.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// How many times it was claimed before it was set aside.
     pub attempts: u32,

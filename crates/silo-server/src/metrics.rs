@@ -1,0 +1,179 @@
+//! Prometheus metrics of the server: requests, errors and latency by operation.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use silo::StoreStats;
+use silo::wire::OP_NAMES;
+
+/// Upper bounds of the latency histogram, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+#[derive(Default)]
+struct OpMetrics {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    micros: AtomicU64,
+    /// Cumulative counts per bucket, plus one for +Inf.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+}
+
+/// Counters shared by every request handler.
+pub struct Metrics {
+    ops: Vec<OpMetrics>,
+    rejected: [AtomicU64; 3],
+}
+
+/// Why a request was refused before it reached the store.
+#[derive(Clone, Copy)]
+pub enum Rejection {
+    Unauthorized = 0,
+    Undecodable = 1,
+    TooLarge = 2,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            ops: OP_NAMES.iter().map(|_| OpMetrics::default()).collect(),
+            rejected: Default::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one operation that reached the store.
+    pub fn record(&self, op: usize, elapsed: Duration, ok: bool) {
+        let Some(m) = self.ops.get(op) else { return };
+        m.requests.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            m.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        m.micros.fetch_add(micros, Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64();
+        let slot = BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(BUCKETS.len());
+        m.buckets[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a request refused before it reached the store.
+    pub fn reject(&self, why: Rejection) {
+        self.rejected[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, stats: Option<&StoreStats>) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP silo_requests_total Requests that reached the store, by operation."
+        );
+        let _ = writeln!(out, "# TYPE silo_requests_total counter");
+        for (name, m) in OP_NAMES.iter().zip(&self.ops) {
+            let _ = writeln!(
+                out,
+                "silo_requests_total{{op=\"{name}\"}} {}",
+                m.requests.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP silo_errors_total Requests that failed in the store, by operation."
+        );
+        let _ = writeln!(out, "# TYPE silo_errors_total counter");
+        for (name, m) in OP_NAMES.iter().zip(&self.ops) {
+            let _ = writeln!(
+                out,
+                "silo_errors_total{{op=\"{name}\"}} {}",
+                m.errors.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP silo_rejected_total Requests refused before the store."
+        );
+        let _ = writeln!(out, "# TYPE silo_rejected_total counter");
+        for (reason, n) in ["unauthorized", "undecodable", "too_large"]
+            .iter()
+            .zip(&self.rejected)
+        {
+            let _ = writeln!(
+                out,
+                "silo_rejected_total{{reason=\"{reason}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP silo_request_duration_seconds Time spent in the store, by operation."
+        );
+        let _ = writeln!(out, "# TYPE silo_request_duration_seconds histogram");
+        for (name, m) in OP_NAMES.iter().zip(&self.ops) {
+            let mut cumulative = 0;
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                cumulative += m.buckets[i].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "silo_request_duration_seconds_bucket{{op=\"{name}\",le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            cumulative += m.buckets[BUCKETS.len()].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "silo_request_duration_seconds_bucket{{op=\"{name}\",le=\"+Inf\"}} {cumulative}"
+            );
+            let sum = m.micros.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "silo_request_duration_seconds_sum{{op=\"{name}\"}} {sum}"
+            );
+            let _ = writeln!(
+                out,
+                "silo_request_duration_seconds_count{{op=\"{name}\"}} {cumulative}"
+            );
+        }
+        if let Some(s) = stats {
+            let gauges = [
+                ("silo_store_scopes", "Scopes in the store.", s.scopes),
+                (
+                    "silo_store_state_entries",
+                    "State entries in the store.",
+                    s.state_entries,
+                ),
+                (
+                    "silo_store_log_entries",
+                    "Log entries in the store.",
+                    s.log_entries,
+                ),
+                (
+                    "silo_store_queue_items",
+                    "Queue items not yet acknowledged.",
+                    s.queue_items,
+                ),
+                (
+                    "silo_store_dead_letters",
+                    "Dead-lettered queue items.",
+                    s.dead_letters,
+                ),
+                (
+                    "silo_store_bytes",
+                    "Bytes the store uses on disk.",
+                    s.bytes_on_disk.unwrap_or(0),
+                ),
+            ];
+            for (name, help, value) in gauges {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+                );
+            }
+        }
+        out
+    }
+}

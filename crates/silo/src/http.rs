@@ -1,0 +1,590 @@
+//! `http://` — a synchronous client of `silo serve` (and, for the core operations, of the
+//! `vgi` crate's `vgi-storage-server`).
+//!
+//! Blocking `ureq` with a keep-alive pool, so it is safe from plain threads and from inside a
+//! tokio runtime alike. Transport errors and transient 5xx answers are retried with
+//! exponential backoff and jitter, a bounded number of times; every operation that would
+//! change its effect or reply if applied twice carries an idempotency key that stays the same
+//! across those retries, so the server applies it once. Extended operations are checked
+//! against the server's `GET /v1/info` and fail with `Unsupported` on an older server.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::options::millis;
+use crate::storage::{Entry, KeyValue};
+use crate::wire::{self, Bytes, ErrorKind, StorageOp, StorageReply, StorageRequest};
+use crate::{Claim, DeadLetter, Error, FunctionStorage, KeyRange, Result, Selection, StoreStats};
+
+/// Client settings, from the URL's query (`?retries=8&timeout_ms=60000`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpOptions {
+    /// Retries after the first attempt, for transport errors and transient 5xx answers.
+    pub retries: u32,
+    /// Deadline of one HTTP exchange.
+    pub timeout: Duration,
+    /// Bearer token (from `SILO_TOKEN` or `VGI_STORAGE_TOKEN` when opened by URL).
+    pub token: Option<String>,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            retries: 8,
+            timeout: Duration::from_secs(60),
+            token: None,
+        }
+    }
+}
+
+/// What `GET /v1/info` says about a server.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ServerInfo {
+    /// The server's name (`silo`).
+    pub server: String,
+    /// Its version.
+    pub version: String,
+    /// Operations it implements, by wire name.
+    pub ops: Vec<String>,
+}
+
+/// The http client store.
+pub struct HttpStorage {
+    base: String,
+    rpc: String,
+    options: HttpOptions,
+    agent: ureq::Agent,
+    client_id: String,
+    seq: AtomicU64,
+    info: Mutex<Option<Arc<ServerInfo>>>,
+}
+
+impl std::fmt::Debug for HttpStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpStorage")
+            .field("base", &self.base)
+            .field("retries", &self.options.retries)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The most a reply body may be: values can be large, but not unbounded.
+const MAX_REPLY_BYTES: u64 = 2 << 30;
+
+impl HttpStorage {
+    /// A client of the server at `base` (`http://host:port`, optionally with a path prefix).
+    pub fn new(base: &str, options: HttpOptions) -> Result<Self> {
+        let base = base.trim_end_matches('/').to_string();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(options.timeout))
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .http_status_as_error(false)
+            .max_idle_connections(64)
+            .max_idle_connections_per_host(64)
+            .build()
+            .into();
+        Ok(HttpStorage {
+            rpc: format!("{base}/rpc"),
+            base,
+            options,
+            agent,
+            client_id: client_id(),
+            seq: AtomicU64::new(0),
+            info: Mutex::new(None),
+        })
+    }
+
+    /// Opens from a URL such as `http://127.0.0.1:8080?retries=3`; the token comes from the
+    /// environment (`SILO_TOKEN`, else `VGI_STORAGE_TOKEN`).
+    pub fn open(url: &Url) -> Result<Self> {
+        let mut options = HttpOptions {
+            token: std::env::var("SILO_TOKEN")
+                .or_else(|_| std::env::var("VGI_STORAGE_TOKEN"))
+                .ok()
+                .filter(|t| !t.is_empty()),
+            ..HttpOptions::default()
+        };
+        for (name, value) in url.query_pairs() {
+            let number = || {
+                value.parse::<u64>().map_err(|_| {
+                    Error::config(format!("option {name}={value:?}: expected a whole number"))
+                })
+            };
+            match &*name {
+                "retries" => options.retries = u32::try_from(number()?).unwrap_or(u32::MAX),
+                "timeout_ms" => options.timeout = Duration::from_millis(number()?),
+                other => {
+                    return Err(Error::config(format!(
+                        "unknown http store option {other:?} (known: retries, timeout_ms)"
+                    )));
+                }
+            }
+        }
+        let mut base = url.clone();
+        base.set_query(None);
+        base.set_fragment(None);
+        Self::new(base.as_str(), options)
+    }
+
+    /// The server's `/v1/info`, fetched once.
+    pub fn server_info(&self) -> Result<Arc<ServerInfo>> {
+        let mut cached = self.info.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(info) = cached.as_ref() {
+            return Ok(info.clone());
+        }
+        let mut req = self.agent.get(format!("{}/v1/info", self.base));
+        if let Some(token) = &self.options.token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let mut resp = req.call().map_err(|e| Error::Unavailable {
+            message: format!("{}/v1/info: {e}", self.base),
+        })?;
+        let status = resp.status().as_u16();
+        if status == 404 {
+            return Err(Error::unsupported(
+                "silo's extended operations",
+                format!("{} (not a silo server: no /v1/info)", self.base),
+            ));
+        }
+        if status != 200 {
+            let message = resp.body_mut().read_to_string().unwrap_or_default();
+            return Err(status_error(status, None, message));
+        }
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| Error::Unavailable {
+                message: format!("{}/v1/info: {e}", self.base),
+            })?;
+        let info: ServerInfo = serde_json::from_str(&text).map_err(|e| Error::Backend {
+            backend: "http".into(),
+            message: format!(
+                "{}/v1/info is not what a silo server answers: {e}",
+                self.base
+            ),
+        })?;
+        let info = Arc::new(info);
+        *cached = Some(info.clone());
+        Ok(info)
+    }
+
+    fn call(&self, op: StorageOp) -> Result<StorageReply> {
+        if op.index() >= 9 {
+            let info = self.server_info()?;
+            if !info.ops.iter().any(|o| o == op.name()) {
+                return Err(Error::unsupported(
+                    op.name(),
+                    format!("the server at {}", self.base),
+                ));
+            }
+        }
+        let name = op.name();
+        let idempotency_key = op.needs_idempotency_key().then(|| {
+            format!(
+                "{}-{}",
+                self.client_id,
+                self.seq.fetch_add(1, Ordering::Relaxed)
+            )
+        });
+        let body = wire::encode(&StorageRequest {
+            idempotency_key,
+            op,
+        })?;
+        let mut last = String::new();
+        for attempt in 0..=self.options.retries {
+            if attempt > 0 {
+                std::thread::sleep(backoff(attempt));
+            }
+            match self.exchange(&body) {
+                Ok(bytes) => return wire::decode(&bytes),
+                Err(Exchange::Retry(why)) => last = why,
+                Err(Exchange::Fail(e)) => return Err(e),
+            }
+        }
+        Err(Error::Unavailable {
+            message: format!(
+                "{name} to {} failed after {} attempts: {last}",
+                self.rpc,
+                self.options.retries + 1
+            ),
+        })
+    }
+
+    /// One POST of a request body.
+    fn exchange(&self, body: &[u8]) -> std::result::Result<Vec<u8>, Exchange> {
+        let mut req = self
+            .agent
+            .post(&self.rpc)
+            .header("content-type", "application/octet-stream");
+        if let Some(token) = &self.options.token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let mut resp = req
+            .send(body)
+            .map_err(|e| Exchange::Retry(format!("transport: {e}")))?;
+        let status = resp.status().as_u16();
+        let kind = resp
+            .headers()
+            .get("x-silo-error")
+            .and_then(|v| v.to_str().ok())
+            .and_then(ErrorKind::from_name);
+        if status == 200 {
+            return resp
+                .body_mut()
+                .with_config()
+                .limit(MAX_REPLY_BYTES)
+                .read_to_vec()
+                .map_err(|e| Exchange::Retry(format!("reading the reply: {e}")));
+        }
+        let message = resp.body_mut().read_to_string().unwrap_or_default();
+        let transient = match kind {
+            Some(kind) => kind == ErrorKind::Unavailable,
+            None => (500..600).contains(&status) && status != 501 && status != 507,
+        };
+        if transient {
+            Err(Exchange::Retry(format!("HTTP {status}: {message}")))
+        } else {
+            Err(Exchange::Fail(status_error(status, kind, message)))
+        }
+    }
+}
+
+enum Exchange {
+    Retry(String),
+    Fail(Error),
+}
+
+/// The error a non-2xx answer stands for.
+fn status_error(status: u16, kind: Option<ErrorKind>, message: String) -> Error {
+    let kind = kind.unwrap_or(match status {
+        400 | 413 => ErrorKind::InvalidInput,
+        401 | 403 => ErrorKind::Unauthorized,
+        404 | 405 | 501 => ErrorKind::Unsupported,
+        503 => ErrorKind::Unavailable,
+        507 => ErrorKind::StorageFull,
+        _ => ErrorKind::Backend,
+    });
+    let message = if message.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        format!("HTTP {status}: {message}")
+    };
+    kind.into_error(message)
+}
+
+/// 25 ms doubling to 1 s, each with up to 50 % jitter so that clients retrying after one
+/// outage spread out.
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(25)
+        .saturating_mul(1 << attempt.min(6))
+        .min(Duration::from_secs(1));
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    base + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
+}
+
+/// A process-unique, unguessable prefix for idempotency keys.
+fn client_id() -> String {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("silo-{:016x}-{}", h.finish(), std::process::id())
+}
+
+fn unexpected(op: &str, reply: &StorageReply) -> Error {
+    Error::Backend {
+        backend: "http".into(),
+        message: format!("the server answered {op} with an unexpected reply {reply:?}"),
+    }
+}
+
+fn b(bytes: &[u8]) -> Bytes {
+    Bytes(bytes.to_vec())
+}
+
+macro_rules! expect {
+    ($reply:expr, $op:literal, $pat:pat => $out:expr) => {
+        match $reply {
+            $pat => Ok($out),
+            other => Err(unexpected($op, &other)),
+        }
+    };
+}
+
+impl FunctionStorage for HttpStorage {
+    fn kv_get(&self, scope: &[u8], key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let reply = self.call(StorageOp::KvGet {
+            scope: b(scope),
+            key: b(key),
+        })?;
+        expect!(reply, "KvGet", StorageReply::MaybeBytes(v) => v.map(|b| b.0))
+    }
+
+    fn kv_put(&self, scope: &[u8], key: &[u8], value: &[u8]) -> Result<()> {
+        let reply = self.call(StorageOp::KvPut {
+            scope: b(scope),
+            key: b(key),
+            value: b(value),
+        })?;
+        expect!(reply, "KvPut", StorageReply::Unit => ())
+    }
+
+    fn kv_del(&self, scope: &[u8], key: &[u8]) -> Result<()> {
+        let reply = self.call(StorageOp::KvDel {
+            scope: b(scope),
+            key: b(key),
+        })?;
+        expect!(reply, "KvDel", StorageReply::Unit => ())
+    }
+
+    fn state_get(&self, scope: &[u8], ns: &[u8], key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if ns.is_empty() {
+            return self.kv_get(scope, key);
+        }
+        let reply = self.call(StorageOp::StateGet {
+            scope: b(scope),
+            ns: b(ns),
+            key: b(key),
+        })?;
+        expect!(reply, "StateGet", StorageReply::MaybeBytes(v) => v.map(|b| b.0))
+    }
+
+    fn state_put(&self, scope: &[u8], ns: &[u8], key: &[u8], value: &[u8]) -> Result<()> {
+        if ns.is_empty() {
+            return self.kv_put(scope, key, value);
+        }
+        let op = StorageOp::StatePut {
+            scope: b(scope),
+            ns: b(ns),
+            key: b(key),
+            value: b(value),
+        };
+        expect!(self.call(op)?, "StatePut", StorageReply::Unit => ())
+    }
+
+    fn state_del(&self, scope: &[u8], ns: &[u8], key: &[u8]) -> Result<bool> {
+        let reply = self.call(StorageOp::StateDel {
+            scope: b(scope),
+            ns: b(ns),
+            key: b(key),
+        })?;
+        expect!(reply, "StateDel", StorageReply::Bool(v) => v)
+    }
+
+    fn state_get_many(
+        &self,
+        scope: &[u8],
+        ns: &[u8],
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let keys = keys.iter().map(|k| b(k)).collect();
+        let reply = self.call(StorageOp::StateGetMany {
+            scope: b(scope),
+            ns: b(ns),
+            keys,
+        })?;
+        expect!(reply, "StateGetMany", StorageReply::MaybeBytesList(v) => v.into_iter().map(|o| o.map(|b| b.0)).collect())
+    }
+
+    fn state_put_many(&self, scope: &[u8], ns: &[u8], items: &[KeyValue]) -> Result<()> {
+        let items = items.iter().map(|(k, v)| (b(k), b(v))).collect();
+        let reply = self.call(StorageOp::StatePutMany {
+            scope: b(scope),
+            ns: b(ns),
+            items,
+        })?;
+        expect!(reply, "StatePutMany", StorageReply::Unit => ())
+    }
+
+    fn state_scan(
+        &self,
+        scope: &[u8],
+        ns: &[u8],
+        range: &KeyRange,
+        reverse: bool,
+        limit: u64,
+    ) -> Result<Vec<KeyValue>> {
+        let op = StorageOp::StateScan {
+            scope: b(scope),
+            ns: b(ns),
+            range: range.clone(),
+            reverse,
+            limit,
+        };
+        expect!(self.call(op)?, "StateScan", StorageReply::Pairs(p) => p.into_iter().map(|(k, v)| (k.0, v.0)).collect())
+    }
+
+    fn state_delete(&self, scope: &[u8], ns: &[u8], selection: &Selection) -> Result<u64> {
+        let op = StorageOp::StateDelete {
+            scope: b(scope),
+            ns: b(ns),
+            selection: selection.clone(),
+        };
+        expect!(self.call(op)?, "StateDelete", StorageReply::Count(n) => n)
+    }
+
+    fn state_drain(&self, scope: &[u8], ns: &[u8]) -> Result<Vec<KeyValue>> {
+        let reply = self.call(StorageOp::StateDrain {
+            scope: b(scope),
+            ns: b(ns),
+        })?;
+        expect!(reply, "StateDrain", StorageReply::Pairs(p) => p.into_iter().map(|(k, v)| (k.0, v.0)).collect())
+    }
+
+    fn append(&self, scope: &[u8], ns: &[u8], key: &[u8], value: &[u8]) -> Result<i64> {
+        let op = StorageOp::Append {
+            scope: b(scope),
+            ns: b(ns),
+            key: b(key),
+            value: b(value),
+        };
+        expect!(self.call(op)?, "Append", StorageReply::Id(id) => id)
+    }
+
+    fn scan(
+        &self,
+        scope: &[u8],
+        ns: &[u8],
+        key: &[u8],
+        after_id: i64,
+        limit: u64,
+    ) -> Result<Vec<Entry>> {
+        let op = StorageOp::Scan {
+            scope: b(scope),
+            ns: b(ns),
+            key: b(key),
+            after_id,
+            limit,
+        };
+        expect!(self.call(op)?, "Scan", StorageReply::Entries(e) => e.into_iter().map(|(id, v)| (id, v.0)).collect())
+    }
+
+    fn counter_get(&self, scope: &[u8], ns: &[u8], key: &[u8]) -> Result<i64> {
+        let reply = self.call(StorageOp::CounterGet {
+            scope: b(scope),
+            ns: b(ns),
+            key: b(key),
+        })?;
+        expect!(reply, "CounterGet", StorageReply::Int(n) => n)
+    }
+
+    fn counter_add(&self, scope: &[u8], ns: &[u8], key: &[u8], delta: i64) -> Result<i64> {
+        let reply = self.call(StorageOp::CounterAdd {
+            scope: b(scope),
+            ns: b(ns),
+            key: b(key),
+            delta,
+        })?;
+        expect!(reply, "CounterAdd", StorageReply::Int(n) => n)
+    }
+
+    fn counter_set(&self, scope: &[u8], ns: &[u8], key: &[u8], value: i64) -> Result<i64> {
+        let reply = self.call(StorageOp::CounterSet {
+            scope: b(scope),
+            ns: b(ns),
+            key: b(key),
+            value,
+        })?;
+        expect!(reply, "CounterSet", StorageReply::Int(n) => n)
+    }
+
+    fn counter_delete(&self, scope: &[u8], ns: &[u8], key: &[u8]) -> Result<i64> {
+        let reply = self.call(StorageOp::CounterDelete {
+            scope: b(scope),
+            ns: b(ns),
+            key: b(key),
+        })?;
+        expect!(reply, "CounterDelete", StorageReply::Int(n) => n)
+    }
+
+    fn queue_push(&self, scope: &[u8], items: &[Vec<u8>]) -> Result<()> {
+        let items = items.iter().map(|i| b(i)).collect();
+        expect!(self.call(StorageOp::QueuePush { scope: b(scope), items })?, "QueuePush", StorageReply::Unit => ())
+    }
+
+    fn queue_pop(&self, scope: &[u8]) -> Result<Option<Vec<u8>>> {
+        let reply = self.call(StorageOp::QueuePop { scope: b(scope) })?;
+        expect!(reply, "QueuePop", StorageReply::MaybeBytes(v) => v.map(|b| b.0))
+    }
+
+    fn queue_len(&self, scope: &[u8]) -> Result<u64> {
+        expect!(self.call(StorageOp::QueueLen { scope: b(scope) })?, "QueueLen", StorageReply::Count(n) => n)
+    }
+
+    fn queue_clear(&self, scope: &[u8]) -> Result<u64> {
+        expect!(self.call(StorageOp::QueueClear { scope: b(scope) })?, "QueueClear", StorageReply::Count(n) => n)
+    }
+
+    fn queue_claim(&self, scope: &[u8], lease: Duration) -> Result<Option<Claim>> {
+        let lease_ms = u64::try_from(millis(lease)).unwrap_or(0);
+        let reply = self.call(StorageOp::QueueClaim {
+            scope: b(scope),
+            lease_ms,
+        })?;
+        expect!(reply, "QueueClaim", StorageReply::MaybeClaim(c) => c)
+    }
+
+    fn queue_ack(&self, scope: &[u8], claim_id: i64) -> Result<bool> {
+        let reply = self.call(StorageOp::QueueAck {
+            scope: b(scope),
+            claim_id,
+        })?;
+        expect!(reply, "QueueAck", StorageReply::Bool(v) => v)
+    }
+
+    fn queue_release(&self, scope: &[u8], claim_id: i64) -> Result<bool> {
+        let reply = self.call(StorageOp::QueueRelease {
+            scope: b(scope),
+            claim_id,
+        })?;
+        expect!(reply, "QueueRelease", StorageReply::Bool(v) => v)
+    }
+
+    fn queue_extend(&self, scope: &[u8], claim_id: i64, lease: Duration) -> Result<bool> {
+        let lease_ms = u64::try_from(millis(lease)).unwrap_or(0);
+        let reply = self.call(StorageOp::QueueExtend {
+            scope: b(scope),
+            claim_id,
+            lease_ms,
+        })?;
+        expect!(reply, "QueueExtend", StorageReply::Bool(v) => v)
+    }
+
+    fn queue_dead_letters(&self, scope: &[u8], limit: u64) -> Result<Vec<DeadLetter>> {
+        let reply = self.call(StorageOp::QueueDeadLetters {
+            scope: b(scope),
+            limit,
+        })?;
+        expect!(reply, "QueueDeadLetters", StorageReply::DeadLetters(d) => d)
+    }
+
+    fn clear(&self, scope: &[u8]) -> Result<()> {
+        expect!(self.call(StorageOp::Clear { scope: b(scope) })?, "Clear", StorageReply::Unit => ())
+    }
+
+    fn gc_prefix(&self, scope_prefix: &[u8], ttl: Duration) -> Result<u64> {
+        if !scope_prefix.is_empty() {
+            return Err(Error::unsupported(
+                "gc_prefix with a prefix (a server sweeps per tenant by token)",
+                "the http client",
+            ));
+        }
+        let ttl_ms = u64::try_from(millis(ttl)).unwrap_or(0);
+        expect!(self.call(StorageOp::Sweep { ttl_ms })?, "Sweep", StorageReply::Count(n) => n)
+    }
+
+    fn stat(&self) -> Result<StoreStats> {
+        expect!(self.call(StorageOp::Stat)?, "Stat", StorageReply::Stats(s) => s)
+    }
+}
