@@ -7,3 +7,9 @@ fn apply_once_applies_once() {
     let store = silo::open("memory:?max_value_bytes=68157440").unwrap();
     silo::conformance::apply_once_applies_once(&*store);
 }
+
+#[test]
+fn gc_prefix_sweeps_only_its_prefix() {
+    let store = silo::open("memory:?max_value_bytes=68157440").unwrap();
+    silo::conformance::gc_prefix_sweeps_only_its_prefix(&*store);
+}

@@ -47,3 +47,9 @@ fn apply_once_failure_rolls_back_its_effects() {
         "later writes commit"
     );
 }
+
+#[test]
+fn gc_prefix_sweeps_only_its_prefix() {
+    let store = common::TempStore::sqlite("max_value_bytes=68157440");
+    silo::conformance::gc_prefix_sweeps_only_its_prefix(&*store);
+}
