@@ -132,37 +132,14 @@ impl HttpStorage {
         Self::new(base.as_str(), options)
     }
 
-    /// The server's `/v1/info`, fetched once.
+    /// The server's `/v1/info`, fetched once (with the same retries as any call).
     pub fn server_info(&self) -> Result<Arc<ServerInfo>> {
         let mut cached = self.info.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(info) = cached.as_ref() {
             return Ok(info.clone());
         }
-        let mut req = self.agent.get(format!("{}/v1/info", self.base));
-        if let Some(token) = &self.options.token {
-            req = req.header("authorization", format!("Bearer {token}"));
-        }
-        let mut resp = req.call().map_err(|e| Error::Unavailable {
-            message: format!("{}/v1/info: {e}", self.base),
-        })?;
-        let status = resp.status().as_u16();
-        if status == 404 {
-            return Err(Error::unsupported(
-                "silo's extended operations",
-                format!("{} (not a silo server: no /v1/info)", self.base),
-            ));
-        }
-        if status != 200 {
-            let message = resp.body_mut().read_to_string().unwrap_or_default();
-            return Err(status_error(status, None, message));
-        }
-        let text = resp
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| Error::Unavailable {
-                message: format!("{}/v1/info: {e}", self.base),
-            })?;
-        let info: ServerInfo = serde_json::from_str(&text).map_err(|e| Error::Backend {
+        let body = self.with_retries("GET /v1/info", || self.fetch_info())?;
+        let info: ServerInfo = serde_json::from_slice(&body).map_err(|e| Error::Backend {
             backend: "http".into(),
             message: format!(
                 "{}/v1/info is not what a silo server answers: {e}",
@@ -172,6 +149,23 @@ impl HttpStorage {
         let info = Arc::new(info);
         *cached = Some(info.clone());
         Ok(info)
+    }
+
+    fn fetch_info(&self) -> std::result::Result<Vec<u8>, Exchange> {
+        let mut req = self.agent.get(format!("{}/v1/info", self.base));
+        if let Some(token) = &self.options.token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let resp = req
+            .call()
+            .map_err(|e| Exchange::Retry(format!("transport: {e}")))?;
+        if resp.status().as_u16() == 404 {
+            return Err(Exchange::Fail(Error::unsupported(
+                "silo's extended operations",
+                format!("{} (not a silo server: no /v1/info)", self.base),
+            )));
+        }
+        read_answer(resp)
     }
 
     fn call(&self, op: StorageOp) -> Result<StorageReply> {
@@ -196,21 +190,31 @@ impl HttpStorage {
             idempotency_key,
             op,
         })?;
+        let reply = self.with_retries(name, || self.exchange(&body))?;
+        wire::decode(&reply)
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the retries are spent.
+    fn with_retries(
+        &self,
+        what: &str,
+        mut attempt: impl FnMut() -> std::result::Result<Vec<u8>, Exchange>,
+    ) -> Result<Vec<u8>> {
         let mut last = String::new();
-        for attempt in 0..=self.options.retries {
-            if attempt > 0 {
-                std::thread::sleep(backoff(attempt));
+        for n in 0..=self.options.retries {
+            if n > 0 {
+                std::thread::sleep(backoff(n));
             }
-            match self.exchange(&body) {
-                Ok(bytes) => return wire::decode(&bytes),
+            match attempt() {
+                Ok(bytes) => return Ok(bytes),
                 Err(Exchange::Retry(why)) => last = why,
                 Err(Exchange::Fail(e)) => return Err(e),
             }
         }
         Err(Error::Unavailable {
             message: format!(
-                "{name} to {} failed after {} attempts: {last}",
-                self.rpc,
+                "{what} to {} failed after {} attempts: {last}",
+                self.base,
                 self.options.retries + 1
             ),
         })
@@ -225,33 +229,40 @@ impl HttpStorage {
         if let Some(token) = &self.options.token {
             req = req.header("authorization", format!("Bearer {token}"));
         }
-        let mut resp = req
+        let resp = req
             .send(body)
             .map_err(|e| Exchange::Retry(format!("transport: {e}")))?;
-        let status = resp.status().as_u16();
-        let kind = resp
-            .headers()
-            .get("x-silo-error")
-            .and_then(|v| v.to_str().ok())
-            .and_then(ErrorKind::from_name);
-        if status == 200 {
-            return resp
-                .body_mut()
-                .with_config()
-                .limit(MAX_REPLY_BYTES)
-                .read_to_vec()
-                .map_err(|e| Exchange::Retry(format!("reading the reply: {e}")));
-        }
-        let message = resp.body_mut().read_to_string().unwrap_or_default();
-        let transient = match kind {
-            Some(kind) => kind == ErrorKind::Unavailable,
-            None => (500..600).contains(&status) && status != 501 && status != 507,
-        };
-        if transient {
-            Err(Exchange::Retry(format!("HTTP {status}: {message}")))
-        } else {
-            Err(Exchange::Fail(status_error(status, kind, message)))
-        }
+        read_answer(resp)
+    }
+}
+
+/// The body of a 200 answer; any other status as a retryable or a final failure.
+fn read_answer(
+    mut resp: ureq::http::Response<ureq::Body>,
+) -> std::result::Result<Vec<u8>, Exchange> {
+    let status = resp.status().as_u16();
+    let kind = resp
+        .headers()
+        .get("x-silo-error")
+        .and_then(|v| v.to_str().ok())
+        .and_then(ErrorKind::from_name);
+    if status == 200 {
+        return resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_REPLY_BYTES)
+            .read_to_vec()
+            .map_err(|e| Exchange::Retry(format!("reading the reply: {e}")));
+    }
+    let message = resp.body_mut().read_to_string().unwrap_or_default();
+    let transient = match kind {
+        Some(kind) => kind == ErrorKind::Unavailable,
+        None => (500..600).contains(&status) && status != 501 && status != 507,
+    };
+    if transient {
+        Err(Exchange::Retry(format!("HTTP {status}: {message}")))
+    } else {
+        Err(Exchange::Fail(status_error(status, kind, message)))
     }
 }
 

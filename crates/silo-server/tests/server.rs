@@ -1,0 +1,434 @@
+//! The server's promises beyond the contract: bad input answered and survived, tenants fenced
+//! off, retried requests applied once (also when the reply is lost and the server restarts),
+//! `Unsupported` against a server without an operation.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{TestServer, sqlite_url};
+use silo::http::{HttpOptions, HttpStorage};
+use silo::wire::{self, Bytes, StorageOp, StorageReply, StorageRequest};
+use silo::{Error, FunctionStorage};
+use silo_server::{Auth, Config, Tenant};
+
+fn post(url: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut req = agent.post(format!("{url}/rpc"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let mut resp = req.send(body).unwrap();
+    let status = resp.status().as_u16();
+    let text = String::from_utf8_lossy(&resp.body_mut().read_to_vec().unwrap()).into_owned();
+    (status, text)
+}
+
+fn get_request(scope: &[u8]) -> Vec<u8> {
+    wire::encode(&StorageRequest {
+        idempotency_key: None,
+        op: StorageOp::KvGet {
+            scope: Bytes(scope.to_vec()),
+            key: Bytes(b"k".to_vec()),
+        },
+    })
+    .unwrap()
+}
+
+#[test]
+fn bad_requests_get_clear_statuses_and_the_server_keeps_serving() {
+    let (_dir, url) = sqlite_url("");
+    let config = Config {
+        auth: Auth::Token("s3cret".into()),
+        max_body_bytes: 4096,
+        ..Config::new(silo::open(&url).unwrap())
+    };
+    let server = TestServer::start(config);
+    let good = get_request(b"s");
+    let ok = |server: &TestServer| assert_eq!(post(&server.url, Some("s3cret"), &good).0, 200);
+
+    let (status, text) = post(&server.url, Some("s3cret"), b"\x07garbage");
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("decode"), "{text}");
+    ok(&server);
+
+    let mut unknown = vec![0u8];
+    unknown.extend(99u32.to_le_bytes());
+    let (status, text) = post(&server.url, Some("s3cret"), &unknown);
+    assert_eq!(status, 400);
+    assert!(text.contains("99"), "the message names the variant: {text}");
+    ok(&server);
+
+    let (status, text) = post(&server.url, Some("s3cret"), &vec![0u8; 8192]);
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("4096"), "{text}");
+    ok(&server);
+
+    assert_eq!(post(&server.url, None, &good).0, 401, "missing token");
+    assert_eq!(
+        post(&server.url, Some("s3cre"), &good).0,
+        401,
+        "wrong token"
+    );
+    assert_eq!(
+        post(&server.url, Some("s3cret!"), &good).0,
+        401,
+        "longer token"
+    );
+    ok(&server);
+
+    let long_key = wire::encode(&StorageRequest {
+        idempotency_key: Some("k".repeat(600)),
+        op: StorageOp::QueuePop {
+            scope: Bytes(b"s".to_vec()),
+        },
+    })
+    .unwrap();
+    assert_eq!(post(&server.url, Some("s3cret"), &long_key).0, 400);
+
+    let too_big_value = HttpStorage::new(
+        &server.url,
+        HttpOptions {
+            token: Some("s3cret".into()),
+            ..HttpOptions::default()
+        },
+    )
+    .unwrap()
+    .kv_put(b"s", b"k", &[0u8; 5000])
+    .unwrap_err();
+    assert!(
+        matches!(too_big_value, Error::InvalidInput { .. }),
+        "{too_big_value}"
+    );
+    ok(&server);
+
+    let agent = ureq::agent();
+    assert_eq!(
+        agent
+            .get(format!("{}/health", server.url))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap(),
+        "ok"
+    );
+    let metrics = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent()
+        .get(format!("{}/metrics", server.url))
+        .header("authorization", "Bearer s3cret")
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("silo_requests_total{op=\"KvGet\"} 5"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("silo_rejected_total{reason=\"unauthorized\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        // The raw 8 KiB body and the client's 5000-byte value: both over the body limit.
+        metrics.contains("silo_rejected_total{reason=\"too_large\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("silo_request_duration_seconds_bucket{op=\"KvGet\",le=\"+Inf\"} 5"));
+    assert!(metrics.contains("silo_store_bytes "), "{metrics}");
+}
+
+#[test]
+fn tenants_cannot_see_clear_or_sweep_each_other() {
+    let (_dir, url) = sqlite_url("");
+    let tenants = vec![
+        Tenant {
+            token: "alpha-token-0123456789".into(),
+            name: "alpha".into(),
+        },
+        Tenant {
+            token: "beta-token-0123456789".into(),
+            name: "beta".into(),
+        },
+    ];
+    let server = TestServer::start(Config {
+        auth: Auth::Tenants(tenants),
+        ..Config::new(silo::open(&url).unwrap())
+    });
+    let client = |token: &str| {
+        HttpStorage::new(
+            &server.url,
+            HttpOptions {
+                token: Some(token.into()),
+                ..HttpOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let (alpha, beta) = (
+        client("alpha-token-0123456789"),
+        client("beta-token-0123456789"),
+    );
+    alpha.kv_put(b"shared-name", b"k", b"alpha's").unwrap();
+    alpha
+        .queue_push(b"shared-name", &[b"job".to_vec()])
+        .unwrap();
+    assert_eq!(
+        beta.kv_get(b"shared-name", b"k").unwrap(),
+        None,
+        "beta cannot read alpha's scope"
+    );
+    assert_eq!(
+        beta.queue_pop(b"shared-name").unwrap(),
+        None,
+        "nor pop its queue"
+    );
+    beta.kv_put(b"shared-name", b"k", b"beta's").unwrap();
+    beta.clear(b"shared-name").unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(
+        beta.gc(Duration::ZERO).unwrap(),
+        0,
+        "beta's sweep sees only beta's scopes"
+    );
+    assert_eq!(
+        alpha.kv_get(b"shared-name", b"k").unwrap(),
+        Some(b"alpha's".to_vec())
+    );
+    assert_eq!(alpha.queue_len(b"shared-name").unwrap(), 1);
+    assert!(
+        matches!(alpha.stat(), Err(Error::Unauthorized { .. })),
+        "store-wide stats are not a tenant's"
+    );
+    assert_eq!(alpha.gc(Duration::ZERO).unwrap(), 1, "alpha sweeps its own");
+    let direct = silo::open(&url).unwrap();
+    assert_eq!(direct.stat().unwrap().scopes, 0);
+    let outsider = client("gamma-token-0123456789");
+    assert!(matches!(
+        outsider.kv_get(b"x", b"k"),
+        Err(Error::Unauthorized { .. })
+    ));
+}
+
+/// A TCP proxy that can swallow a reply: it forwards the request (so the server applies it),
+/// then closes the connection instead of forwarding the answer. While paused it holds new
+/// connections until the test says where to send them.
+struct LossyProxy {
+    addr: SocketAddr,
+    drops: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+    paused: Arc<AtomicBool>,
+    upstream: Arc<Mutex<SocketAddr>>,
+}
+
+impl LossyProxy {
+    fn start(upstream: SocketAddr) -> LossyProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy = LossyProxy {
+            addr: listener.local_addr().unwrap(),
+            drops: Arc::default(),
+            dropped: Arc::default(),
+            paused: Arc::default(),
+            upstream: Arc::new(Mutex::new(upstream)),
+        };
+        let (drops, dropped, paused, up) = (
+            proxy.drops.clone(),
+            proxy.dropped.clone(),
+            proxy.paused.clone(),
+            proxy.upstream.clone(),
+        );
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let (drops, dropped, paused, up) =
+                    (drops.clone(), dropped.clone(), paused.clone(), up.clone());
+                std::thread::spawn(move || {
+                    while paused.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    let target = *up.lock().unwrap();
+                    let Ok(server) = TcpStream::connect(target) else {
+                        return;
+                    };
+                    let (mut c_in, mut s_out) =
+                        (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut c_in, &mut s_out);
+                        let _ = s_out.shutdown(Shutdown::Write);
+                    });
+                    let (mut s_in, mut c_out) = (server, client);
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let n = match s_in.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if drops.load(Ordering::SeqCst) > 0 {
+                            drops.fetch_sub(1, Ordering::SeqCst);
+                            dropped.fetch_add(1, Ordering::SeqCst);
+                            let _ = c_out.shutdown(Shutdown::Both);
+                            let _ = s_in.shutdown(Shutdown::Both);
+                            return;
+                        }
+                        if c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_out.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        proxy
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+#[test]
+fn a_lost_reply_is_not_applied_twice() {
+    let (_dir, url) = sqlite_url("");
+    let server = TestServer::start(Config::new(silo::open(&url).unwrap()));
+    let proxy = LossyProxy::start(server.addr);
+    let client = HttpStorage::new(&proxy.url(), HttpOptions::default()).unwrap();
+    client
+        .queue_push(b"s", &[b"first".to_vec(), b"second".to_vec()])
+        .unwrap();
+
+    proxy.drops.store(1, Ordering::SeqCst);
+    let info = client.server_info().unwrap();
+    assert_eq!(info.server, "silo", "the info request is retried too");
+    assert_eq!(proxy.dropped.load(Ordering::SeqCst), 1);
+
+    proxy.drops.store(1, Ordering::SeqCst);
+    assert_eq!(
+        client.counter_add(b"s", b"", b"n", 5).unwrap(),
+        5,
+        "the retry gets the original reply"
+    );
+    assert_eq!(
+        proxy.dropped.load(Ordering::SeqCst),
+        2,
+        "a reply really was lost"
+    );
+    assert_eq!(
+        client.counter_get(b"s", b"", b"n").unwrap(),
+        5,
+        "applied once"
+    );
+
+    proxy.drops.store(1, Ordering::SeqCst);
+    assert_eq!(
+        client.queue_pop(b"s").unwrap(),
+        Some(b"first".to_vec()),
+        "the popped item is not lost"
+    );
+    assert_eq!(
+        client.queue_pop(b"s").unwrap(),
+        Some(b"second".to_vec()),
+        "nor popped twice"
+    );
+
+    proxy.drops.store(1, Ordering::SeqCst);
+    let id = client.append(b"s", b"", b"log", b"once").unwrap();
+    assert_eq!(
+        client.scan(b"s", b"", b"log", 0, u64::MAX).unwrap(),
+        vec![(id, b"once".to_vec())]
+    );
+    assert_eq!(proxy.dropped.load(Ordering::SeqCst), 4);
+}
+
+#[test]
+fn a_retry_after_a_server_restart_gets_the_original_reply() {
+    let (_dir, url) = sqlite_url("");
+    let first = TestServer::start(Config::new(silo::open(&url).unwrap()));
+    let proxy = LossyProxy::start(first.addr);
+    let client = HttpStorage::new(&proxy.url(), HttpOptions::default()).unwrap();
+    client.queue_push(b"s", &[b"only".to_vec()]).unwrap();
+
+    proxy.drops.store(1, Ordering::SeqCst);
+    proxy.paused.store(true, Ordering::SeqCst);
+    let popper = std::thread::spawn(move || client.queue_pop(b"s"));
+    while proxy.dropped.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(first);
+    let second = TestServer::start(Config::new(silo::open(&url).unwrap()));
+    *proxy.upstream.lock().unwrap() = second.addr;
+    proxy.paused.store(false, Ordering::SeqCst);
+    let popped = popper.join().unwrap().unwrap();
+    assert_eq!(
+        popped,
+        Some(b"only".to_vec()),
+        "the new server replays the stored reply"
+    );
+    assert_eq!(silo::open(&url).unwrap().queue_len(b"s").unwrap(), 0);
+}
+
+#[test]
+fn extended_operations_against_a_server_without_them_are_unsupported() {
+    // A minimal incumbent-like server: core ops only, no /v1/info.
+    let store: Arc<dyn FunctionStorage> = Arc::new(silo::MemoryStorage::new());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/rpc",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let store = store.clone();
+            async move {
+                let req: StorageRequest = wire::decode(&body).unwrap();
+                let reply: StorageReply = wire::apply(&*store, b"", req.op).unwrap();
+                wire::encode(&reply).unwrap()
+            }
+        }),
+    );
+    rt.spawn(async move { axum::serve(listener, app).await });
+    let client = HttpStorage::new(&format!("http://{addr}"), HttpOptions::default()).unwrap();
+    client.kv_put(b"s", b"k", b"v").unwrap();
+    assert_eq!(
+        client.kv_get(b"s", b"k").unwrap(),
+        Some(b"v".to_vec()),
+        "core ops work"
+    );
+    let err = client.counter_add(b"s", b"", b"c", 1).unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+}
+
+#[test]
+fn an_unreachable_server_is_unavailable_after_bounded_retries() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let client = HttpStorage::new(
+        &format!("http://127.0.0.1:{port}"),
+        HttpOptions {
+            retries: 2,
+            ..HttpOptions::default()
+        },
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let err = client.kv_get(b"s", b"k").unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+    assert!(err.to_string().contains("3 attempts"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
