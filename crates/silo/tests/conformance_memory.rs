@@ -13,3 +13,7 @@ fn gc_prefix_sweeps_only_its_prefix() {
     let store = silo::open("memory:?max_value_bytes=68157440").unwrap();
     silo::conformance::gc_prefix_sweeps_only_its_prefix(&*store);
 }
+
+mod core_only {
+    silo::core_conformance_tests!(silo::open("memory:").unwrap());
+}

@@ -889,6 +889,106 @@ pub fn stat_counts(s: &dyn FunctionStorage) {
     assert_eq!(after.queue_items, before.queue_items + 2);
 }
 
+/// Core only (the nine operations of the incumbent protocol): `kv_*` overwrite, read and
+/// idempotent delete.
+pub fn core_kv_roundtrip(s: &dyn FunctionStorage) {
+    let sc = b"core-kv";
+    assert_eq!(s.kv_get(sc, b"k").unwrap(), None);
+    s.kv_put(sc, b"k", b"v1").unwrap();
+    s.kv_put(sc, b"k", b"v2").unwrap();
+    assert_eq!(s.kv_get(sc, b"k").unwrap(), Some(v("v2")), "put overwrites");
+    assert_eq!(
+        s.kv_get(b"core-kv-other", b"k").unwrap(),
+        None,
+        "scopes are separate"
+    );
+    s.kv_del(sc, b"k").unwrap();
+    s.kv_del(sc, b"k").unwrap();
+    assert_eq!(s.kv_get(sc, b"k").unwrap(), None);
+}
+
+/// Core only: FIFO across pushes, `None` when empty, scopes separate.
+pub fn core_queue_fifo(s: &dyn FunctionStorage) {
+    let sc = b"core-fifo";
+    assert_eq!(s.queue_pop(sc).unwrap(), None);
+    s.queue_push(sc, &[v("1"), v("2")]).unwrap();
+    s.queue_push(sc, &[v("3"), Vec::new()]).unwrap();
+    s.queue_push(b"core-fifo-other", &[v("x")]).unwrap();
+    for want in ["1", "2", "3", ""] {
+        assert_eq!(s.queue_pop(sc).unwrap(), Some(v(want)), "FIFO order");
+    }
+    assert_eq!(s.queue_pop(sc).unwrap(), None);
+    assert_eq!(s.queue_pop(b"core-fifo-other").unwrap(), Some(v("x")));
+}
+
+/// Core only: `clear` drops the scope's kv, logs and queue, and nothing else.
+pub fn core_clear(s: &dyn FunctionStorage) {
+    for sc in [&b"core-clr"[..], b"core-clr-keep"] {
+        s.kv_put(sc, b"k", b"v").unwrap();
+        s.append(sc, b"n", b"l", b"e").unwrap();
+        s.queue_push(sc, &[v("q")]).unwrap();
+    }
+    s.clear(b"core-clr").unwrap();
+    assert_eq!(s.kv_get(b"core-clr", b"k").unwrap(), None);
+    assert!(
+        s.scan(b"core-clr", b"n", b"l", -1, u64::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.queue_pop(b"core-clr").unwrap(), None);
+    assert_eq!(s.kv_get(b"core-clr-keep", b"k").unwrap(), Some(v("v")));
+    assert_eq!(
+        s.scan(b"core-clr-keep", b"n", b"l", -1, u64::MAX)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(s.queue_pop(b"core-clr-keep").unwrap(), Some(v("q")));
+}
+
+/// Core only: opaque names (empty, NUL, `/`, `..`, invalid UTF-8, 64 KiB) round-trip and
+/// never collide.
+pub fn core_adversarial_names(s: &dyn FunctionStorage) {
+    let names: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        b"\x00".to_vec(),
+        b"/".to_vec(),
+        b"..".to_vec(),
+        b"../x".to_vec(),
+        b"\xff\xfe".to_vec(),
+        vec![b'k'; 64 << 10],
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let tag = (i as u32).to_le_bytes().to_vec();
+        s.kv_put(name, name, &tag).unwrap();
+        s.append(name, name, name, &tag).unwrap();
+        s.queue_push(name, std::slice::from_ref(&tag)).unwrap();
+    }
+    for (i, name) in names.iter().enumerate() {
+        let tag = (i as u32).to_le_bytes().to_vec();
+        assert_eq!(
+            s.kv_get(name, name).unwrap(),
+            Some(tag.clone()),
+            "kv name #{i}"
+        );
+        let log = s.scan(name, name, name, -1, u64::MAX).unwrap();
+        assert_eq!(log.len(), 1, "log name #{i}");
+        assert_eq!(log[0].1, tag);
+        assert_eq!(s.queue_pop(name).unwrap(), Some(tag), "queue name #{i}");
+    }
+}
+
+/// Generates one `#[test]` per check that uses only the nine core operations, for stores
+/// and servers that implement no more (the incumbent's).
+#[macro_export]
+macro_rules! core_conformance_tests {
+    ($factory:expr) => {
+        $crate::conformance_tests!(@each $factory;
+            core_kv_roundtrip, core_queue_fifo, core_clear, core_adversarial_names,
+            log_ordering_and_cursors, queue_concurrent_pops, value_sizes);
+    };
+}
+
 /// Generates one `#[test]` per conformance check. `$factory` is an expression evaluated
 /// afresh for each test; it must yield something that dereferences to
 /// `dyn FunctionStorage` (an `Arc<dyn FunctionStorage>`, or a guard that also owns a temp

@@ -1,0 +1,138 @@
+//! `silo serve` as a process: the PORT line, graceful shutdown on SIGTERM, and a SIGKILL
+//! during a write load that loses no acknowledged write.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use silo::FunctionStorage;
+use silo::http::{HttpOptions, HttpStorage};
+
+/// Starts `silo serve` on a free port; returns the child and the port it printed.
+fn start_server(store_url: &str, extra: &[&str]) -> (Child, u16) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_silo"))
+        .args(["--store", store_url, "serve", "--bind", "127.0.0.1:0"])
+        .args(extra)
+        .env_remove("VGI_STORAGE_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let port = first
+        .trim()
+        .strip_prefix("PORT:")
+        .expect("first line is PORT:<n>")
+        .parse()
+        .unwrap();
+    (child, port)
+}
+
+fn client(port: u16, retries: u32) -> HttpStorage {
+    HttpStorage::new(
+        &format!("http://127.0.0.1:{port}"),
+        HttpOptions {
+            retries,
+            timeout: Duration::from_secs(5),
+            token: None,
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/s.db", dir.path().display());
+    let (mut child, port) = start_server(&url, &[]);
+    client(port, 0).kv_put(b"s", b"k", b"v").unwrap();
+    send_signal(&child, "TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "graceful shutdown exits 0: {status:?}");
+}
+
+fn send_signal(child: &Child, signal: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[test]
+fn sigkill_during_writes_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/s.db", dir.path().display());
+    let (mut server, port) = start_server(&url, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4u8)
+        .map(|w| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let c = client(port, 0);
+                let mut acked = Vec::new();
+                for seq in 0u32.. {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let key = [&[w][..], &seq.to_be_bytes()].concat();
+                    let ok = c.kv_put(b"load", &key, &key).is_ok()
+                        && c.append(b"load", b"", &[w], &key).is_ok()
+                        && c.queue_push(b"load", &[key.clone()]).is_ok();
+                    if !ok {
+                        break;
+                    }
+                    acked.push(key);
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    server.kill().unwrap();
+    server.wait().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let acked: Vec<Vec<u8>> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(acked.len() > 50, "the load ran: {} writes", acked.len());
+
+    let (mut again, port) = start_server(&url, &[]);
+    let c = client(port, 3);
+    let queued = c.queue_len(b"load").unwrap();
+    assert!(
+        queued >= acked.len() as u64,
+        "{queued} queued < {} acknowledged",
+        acked.len()
+    );
+    for w in 0..4u8 {
+        let log = c.scan(b"load", b"", &[w], 0, u64::MAX).unwrap();
+        let mine: Vec<&Vec<u8>> = acked.iter().filter(|k| k[0] == w).collect();
+        assert!(log.len() >= mine.len());
+        for (entry, key) in log.iter().zip(&mine) {
+            assert_eq!(&&entry.1, key, "log of writer {w} in order");
+        }
+    }
+    for key in &acked {
+        assert_eq!(
+            c.kv_get(b"load", key).unwrap().as_ref(),
+            Some(key),
+            "acknowledged put survives"
+        );
+    }
+    again.kill().unwrap();
+    again.wait().unwrap();
+}
