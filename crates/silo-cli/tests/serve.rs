@@ -90,7 +90,7 @@ fn sigkill_during_writes_loses_no_acknowledged_write() {
                     let key = [&[w][..], &seq.to_be_bytes()].concat();
                     let ok = c.kv_put(b"load", &key, &key).is_ok()
                         && c.append(b"load", b"", &[w], &key).is_ok()
-                        && c.queue_push(b"load", &[key.clone()]).is_ok();
+                        && c.queue_push(b"load", std::slice::from_ref(&key)).is_ok();
                     if !ok {
                         break;
                     }
