@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test: the silo workspace, then the interop suite against the `vgi` crate
-# (compat/, a workspace of its own).
+# (compat/, a workspace of its own). Ends with one line totalling every test binary.
 set -euo pipefail
 cd "$(dirname "$0")"
-cargo test --workspace
-cargo test --manifest-path compat/Cargo.toml
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace 2>&1 | tee -a "$log"
+cargo test --manifest-path compat/Cargo.toml 2>&1 | tee -a "$log"
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
+     END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
