@@ -37,6 +37,9 @@ mod storage;
 pub mod wire;
 
 pub use error::{Error, Result};
+
+/// This library's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub use memory::MemoryStorage;
 pub use open::{DEFAULT_ORPHAN_TTL, EnvConfig, default_sqlite_path, default_url, from_env, open};
 pub use options::{StoreOptions, SyncMode};
