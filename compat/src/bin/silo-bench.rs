@@ -410,7 +410,9 @@ struct Cell {
     threads: usize,
     silo: Option<f64>,
     vgi: Option<f64>,
-    verified: Result<(), String>,
+    /// Whether every silo run checked out, and every vgi run.
+    silo_ok: Result<(), String>,
+    vgi_ok: Result<(), String>,
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -449,22 +451,25 @@ fn measure(
     group: &Group<'_>,
     (f, size, threads, n): (Family, usize, usize, usize),
     lats: Option<&mut Latencies>,
-) -> (Option<f64>, Option<f64>, Result<(), String>) {
+) -> Measured {
     let (silo, vgi) = (group.silo, group.vgi);
     let n = ((n as f64 * settings.scale) as usize).max(threads * BATCH.min(n));
     let (mut s, mut v) = (Vec::new(), Vec::new());
     let (mut sl, mut vl) = (Vec::new(), Vec::new());
-    let mut verified = Ok(());
+    let (mut silo_ok, mut vgi_ok) = (Ok(()), Ok(()));
     let want_lat = lats.is_some();
     for _ in 0..settings.reps {
-        for (subject, rates, l) in [(silo, &mut s, &mut sl), (vgi, &mut v, &mut vl)] {
+        for (subject, rates, l, ok) in [
+            (silo, &mut s, &mut sl, &mut silo_ok),
+            (vgi, &mut v, &mut vl, &mut vgi_ok),
+        ] {
             let Some(subject) = subject else { continue };
             match run(subject, f, size, threads, n, want_lat) {
                 Ok((rate, lat)) => {
                     rates.push(rate);
                     l.extend(lat);
                 }
-                Err(e) => verified = Err(e),
+                Err(e) => *ok = Err(e),
             }
         }
     }
@@ -474,7 +479,20 @@ fn measure(
         lats.push((f.name().to_string(), sl, vl));
     }
     let med = |x: Vec<f64>| (!x.is_empty()).then(|| median(x));
-    (med(s), med(v), verified)
+    Measured {
+        silo: med(s),
+        vgi: med(v),
+        silo_ok,
+        vgi_ok,
+    }
+}
+
+/// Medians of a cell's runs and whether each side's runs checked out.
+struct Measured {
+    silo: Option<f64>,
+    vgi: Option<f64>,
+    silo_ok: Result<(), String>,
+    vgi_ok: Result<(), String>,
 }
 
 // ------------------------------------------------------------------ processes
@@ -629,6 +647,16 @@ fn concurrent_clients(
 }
 
 // ------------------------------------------------------------------ report
+
+/// `ok`, or which side failed its checks.
+fn verdict(silo: &Result<(), String>, vgi: &Result<(), String>) -> &'static str {
+    match (silo.is_ok(), vgi.is_ok()) {
+        (true, true) => "ok",
+        (true, false) => "ok (vgi FAILED)",
+        (false, true) => "silo FAILED",
+        (false, false) => "both FAILED",
+    }
+}
 
 fn fmt_rate(r: Option<f64>) -> String {
     match r {
@@ -818,23 +846,24 @@ fn main() {
                     };
                     let lat =
                         (group == "http" && size == 100 && threads == 1).then_some(&mut latencies);
-                    let (silo, vgi, verified) = measure(&settings, g, (f, size, threads, n), lat);
+                    let m = measure(&settings, g, (f, size, threads, n), lat);
                     eprintln!(
                         "{group:>14} {:>24} {:>7} {threads}t  silo {:>9}  vgi {:>9}  {}",
                         f.name(),
                         size_name(size),
-                        fmt_rate(silo),
-                        fmt_rate(vgi),
-                        if verified.is_ok() { "ok" } else { "FAILED" }
+                        fmt_rate(m.silo),
+                        fmt_rate(m.vgi),
+                        verdict(&m.silo_ok, &m.vgi_ok)
                     );
                     cells.push(Cell {
                         group: group.to_string(),
                         family: f.name().into(),
                         size,
                         threads,
-                        silo,
-                        vgi,
-                        verified,
+                        silo: m.silo,
+                        vgi: m.vgi,
+                        silo_ok: m.silo_ok,
+                        vgi_ok: m.vgi_ok,
                     });
                 }
             }
@@ -847,16 +876,15 @@ fn main() {
             ("pop", "4 processes popping one queue", 20_000),
             ("append", "4 processes appending to one log", 8_000),
         ] {
-            let mut s = Vec::new();
-            let mut v = Vec::new();
-            let mut verified = Ok(());
+            let (mut s, mut v) = (Vec::new(), Vec::new());
+            let (mut silo_ok, mut vgi_ok) = (Ok(()), Ok(()));
             for _ in 0..settings.reps {
                 let (rate, ok) = processes("silo", role, total);
                 s.push(rate);
-                verified = verified.and(ok);
+                silo_ok = silo_ok.and(ok);
                 let (rate, ok) = processes("vgi", role, total);
                 v.push(rate);
-                verified = verified.and(ok);
+                vgi_ok = vgi_ok.and(ok);
             }
             eprintln!(
                 "{name}: silo {} vgi {}",
@@ -870,7 +898,8 @@ fn main() {
                 threads: 4,
                 silo: Some(median(s)),
                 vgi: Some(median(v)),
-                verified,
+                silo_ok,
+                vgi_ok,
             });
         }
     }
@@ -880,7 +909,8 @@ fn main() {
     {
         for clients in [1usize, 32] {
             let secs = if quick { 1.0 } else { 2.0 };
-            let (mut s, mut v, mut verified) = (Vec::new(), Vec::new(), Ok(()));
+            let (mut s, mut v) = (Vec::new(), Vec::new());
+            let (mut silo_ok, mut vgi_ok) = (Ok(()), Ok(()));
             for _ in 0..settings.reps.min(3) {
                 let su = silo_url.clone();
                 let (rate, ok) = concurrent_clients(
@@ -889,7 +919,7 @@ fn main() {
                     secs,
                 );
                 s.push(rate);
-                verified = verified.and(ok);
+                silo_ok = silo_ok.and(ok);
                 let vu = vgi_url.clone();
                 let (rate, ok) = concurrent_clients(
                     &move || {
@@ -902,7 +932,7 @@ fn main() {
                     secs,
                 );
                 v.push(rate);
-                verified = verified.and(ok);
+                vgi_ok = vgi_ok.and(ok);
             }
             let name = format!("{clients} concurrent clients, kv_put+kv_get");
             eprintln!(
@@ -917,14 +947,28 @@ fn main() {
                 threads: clients,
                 silo: Some(median(s)),
                 vgi: Some(median(v)),
-                verified,
+                silo_ok,
+                vgi_ok,
             });
         }
     }
     cells.extend(extra);
 
     // ---- the report
-    let all_ok = cells.iter().all(|c| c.verified.is_ok());
+    let all_ok = cells.iter().all(|c| c.silo_ok.is_ok());
+    let vgi_failures: Vec<String> = cells
+        .iter()
+        .filter_map(|c| {
+            let e = c.vgi_ok.as_ref().err()?;
+            Some(format!(
+                "{} {} {} {}t: {e}",
+                c.group,
+                c.family,
+                size_name(c.size),
+                c.threads
+            ))
+        })
+        .collect();
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(
@@ -934,7 +978,11 @@ fn main() {
     let _ = writeln!(
         md,
         "```bash\ncargo run --release --manifest-path compat/Cargo.toml --bin silo-bench{}\n```\n",
-        if quick { " -- --quick" } else { "" }
+        if args.is_empty() {
+            String::new()
+        } else {
+            format!(" -- {}", args.join(" "))
+        }
     );
     let _ = writeln!(md, "- Machine: {}", machine());
     let _ = writeln!(
@@ -949,11 +997,16 @@ fn main() {
     );
     let _ = writeln!(
         md,
-        "- Every run checked its result (nothing lost, nothing duplicated, values intact): **{}**",
+        "- Every run checked its result (nothing lost, nothing duplicated, values intact): silo **{}**; vgi **{}**",
         if all_ok {
             "all verified"
         } else {
             "SOME RUNS FAILED VERIFICATION"
+        },
+        if vgi_failures.is_empty() {
+            "all verified".to_string()
+        } else {
+            format!("{} cells failed (below)", vgi_failures.len())
         }
     );
     let _ = writeln!(md, "- Run took {:.0} s\n", started.elapsed().as_secs_f64());
@@ -965,10 +1018,7 @@ fn main() {
     let _ = writeln!(md, "|---|---|---|---|---:|---:|---:|---|");
     for c in &cells {
         let r = ratio(c).map_or("—".into(), |r| format!("**{r:.2}×**"));
-        let ok = match &c.verified {
-            Ok(()) => "yes".to_string(),
-            Err(e) => format!("NO: {e}"),
-        };
+        let ok = verdict(&c.silo_ok, &c.vgi_ok);
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} | {} | {r} | {ok} |",
@@ -1000,6 +1050,15 @@ fn main() {
                 us(percentile(v, 0.5)),
                 us(percentile(v, 0.99))
             );
+        }
+    }
+    if !vgi_failures.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## Runs where vgi lost, duplicated or reordered data\n"
+        );
+        for f in &vgi_failures {
+            let _ = writeln!(md, "- {f}");
         }
     }
     let _ = writeln!(

@@ -29,6 +29,9 @@ use crate::{
 /// The schema version this code writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// How much of the database file each connection maps into memory.
+const MMAP_BYTES: i64 = 256 << 20;
+
 /// Reader connections kept open for reuse.
 const MAX_IDLE_READERS: usize = 8;
 
@@ -281,7 +284,23 @@ impl SqliteStorage {
     }
 
     /// Runs `f` in one read transaction on a pooled reader connection.
-    fn read<T>(&self, op: &str, mut f: impl FnMut(&Connection) -> Attempt<T>) -> Result<T> {
+    /// Runs `f`, a single statement, on a pooled reader connection (SQLite gives a single
+    /// statement its own consistent snapshot).
+    fn read<T>(&self, op: &str, f: impl FnMut(&Connection) -> Attempt<T>) -> Result<T> {
+        self.read_with(op, false, f)
+    }
+
+    /// Runs `f`, several statements, in one read transaction so they see one snapshot.
+    fn read_snapshot<T>(&self, op: &str, f: impl FnMut(&Connection) -> Attempt<T>) -> Result<T> {
+        self.read_with(op, true, f)
+    }
+
+    fn read_with<T>(
+        &self,
+        op: &str,
+        snapshot: bool,
+        mut f: impl FnMut(&Connection) -> Attempt<T>,
+    ) -> Result<T> {
         // Inside `apply_once` on this thread, read through its transaction to see its writes.
         // (Another thread cannot take the writer while that transaction is open.)
         if let Some(guard) = self.writer.try_lock()
@@ -296,6 +315,9 @@ impl SqliteStorage {
             None => connect(&self.path, &self.options).map_err(|e| map_error(&self.path, op, e))?,
         };
         let out = retry(&self.path, op, self.options.busy_timeout, || {
+            if !snapshot {
+                return f(&conn);
+            }
             let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
             let out = f(&tx)?;
             tx.finish()?;
@@ -385,6 +407,8 @@ fn connect(path: &Path, options: &StoreOptions) -> rusqlite::Result<Connection> 
         SyncMode::Full => "FULL",
     };
     conn.pragma_update(None, "synchronous", sync)?;
+    // Reads straight from the page cache's mapping instead of a pread per page.
+    conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
     Ok(conn)
 }
 
@@ -576,7 +600,7 @@ impl FunctionStorage for SqliteStorage {
         ns: &[u8],
         keys: &[Vec<u8>],
     ) -> Result<Vec<Option<Vec<u8>>>> {
-        self.read("state_get_many", |tx| {
+        self.read_snapshot("state_get_many", |tx| {
             let mut stmt = tx.prepare_cached(
                 "SELECT value FROM state WHERE scope = ?1 AND ns = ?2 AND key = ?3",
             )?;
@@ -1024,7 +1048,7 @@ impl FunctionStorage for SqliteStorage {
     }
 
     fn stat(&self) -> Result<StoreStats> {
-        let counts = self.read("stat", |tx| {
+        let counts = self.read_snapshot("stat", |tx| {
             let mut counts = [0u64; 6];
             for (slot, table) in counts.iter_mut().zip([
                 "scopes",
