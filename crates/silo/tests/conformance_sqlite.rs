@@ -53,3 +53,36 @@ fn gc_prefix_sweeps_only_its_prefix() {
     let store = common::TempStore::sqlite("max_value_bytes=68157440");
     silo::conformance::gc_prefix_sweeps_only_its_prefix(&*store);
 }
+
+/// Group commit: concurrent writers share transactions; one member's failure (an overflow,
+/// rolled back to its savepoint) neither loses nor fails the others' writes.
+#[test]
+fn group_commit_isolates_a_failing_member() {
+    let store = common::TempStore::sqlite("");
+    store.counter_set(b"g", b"", b"max", i64::MAX).unwrap();
+    std::thread::scope(|t| {
+        for w in 0..8u8 {
+            let store = &store;
+            t.spawn(move || {
+                for i in 0..150u32 {
+                    if w % 4 == 0 && i % 10 == 0 {
+                        let err = store.counter_add(b"g", b"", b"max", 1).unwrap_err();
+                        assert!(matches!(err, silo::Error::InvalidInput { .. }), "{err}");
+                    }
+                    store.counter_add(b"g", b"", b"sum", 1).unwrap();
+                    store
+                        .kv_put(b"g", &[&[w][..], &i.to_be_bytes()].concat(), b"v")
+                        .unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(store.counter_get(b"g", b"", b"sum").unwrap(), 8 * 150);
+    assert_eq!(store.counter_get(b"g", b"", b"max").unwrap(), i64::MAX);
+    let reopened = silo::open(&store.url).unwrap();
+    assert_eq!(
+        reopened.stat().unwrap().state_entries,
+        8 * 150,
+        "every write committed"
+    );
+}
