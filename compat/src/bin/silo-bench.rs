@@ -26,6 +26,9 @@ trait Subject: Send + Sync {
     fn pop(&self, scope: &[u8]) -> Option<Vec<u8>>;
     /// silo: one `state_put_many`; vgi has none, so its natural equivalent: one `kv_put` each.
     fn put_many(&self, scope: &[u8], items: &[(Vec<u8>, Vec<u8>)]);
+    /// Drops the scope after a run, so that stores (the in-memory ones above all) do not grow
+    /// from one run to the next.
+    fn clear(&self, scope: &[u8]);
 }
 
 struct Silo(Arc<dyn silo::FunctionStorage>);
@@ -56,6 +59,9 @@ impl Subject for Silo {
         self.0
             .state_put_many(s, b"", items)
             .expect("silo state_put_many");
+    }
+    fn clear(&self, s: &[u8]) {
+        self.0.clear(s).expect("silo clear");
     }
 }
 
@@ -88,6 +94,9 @@ impl Subject for Vgi {
         for (k, v) in items {
             self.0.kv_put(s, k, v);
         }
+    }
+    fn clear(&self, s: &[u8]) {
+        self.0.clear(s);
     }
 }
 
@@ -182,10 +191,25 @@ fn check(ok: bool, what: impl FnOnce() -> String) -> Result<(), String> {
     if ok { Ok(()) } else { Err(what()) }
 }
 
-/// Runs one family once: `n` operations (items for the batch forms) across `threads`.
+/// Runs one family once on a fresh scope, then drops the scope.
 fn run(sub: &dyn Subject, f: Family, size: usize, threads: usize, n: usize, lat: bool) -> Outcome {
     let scope = fresh_scope(f);
-    let sc = scope.as_slice();
+    let outcome = run_in(sub, &scope, f, size, threads, n, lat);
+    sub.clear(&scope);
+    outcome
+}
+
+/// `n` operations (items for the batch forms) of family `f` across `threads` in `scope`.
+fn run_in(
+    sub: &dyn Subject,
+    scope: &[u8],
+    f: Family,
+    size: usize,
+    threads: usize,
+    n: usize,
+    lat: bool,
+) -> Outcome {
+    let sc = scope;
     let per = n / threads;
     let rec = |lats: &mut Vec<Duration>, t0: Instant| {
         if lat {
