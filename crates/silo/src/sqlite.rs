@@ -8,12 +8,10 @@
 //! [`Error::Unavailable`]: never as a partial or empty result.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::Mutex;
 
 use parking_lot::ReentrantMutex;
 use std::thread;
@@ -33,10 +31,6 @@ const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// How much of the database file each connection maps into memory.
 const MMAP_BYTES: i64 = 256 << 20;
-
-/// Most operations one group transaction takes before it commits, bounding the latency a
-/// group adds to its first member.
-const MAX_GROUP: usize = 64;
 
 /// Reader connections kept open for reuse.
 const MAX_IDLE_READERS: usize = 8;
@@ -118,21 +112,7 @@ pub struct SqliteStorage {
     /// The one connection that writes. Reentrant so that the operations `apply_once` runs
     /// can join the transaction it holds open on the same thread.
     writer: ReentrantMutex<Writer>,
-    /// Threads waiting for the writer: while there are any, a writer leaves its transaction
-    /// open for them to join (group commit) instead of committing it alone.
-    waiting: AtomicUsize,
-    /// Outcome of finished groups, for the writers waiting on their group's commit.
-    groups: Mutex<Groups>,
-    group_done: Condvar,
     readers: Mutex<Vec<Connection>>,
-}
-
-/// Group commit bookkeeping: groups finish in id order, one at a time.
-#[derive(Default)]
-struct Groups {
-    last_finished: u64,
-    /// Commit failures of recent groups (rare), by group id.
-    failed: HashMap<u64, String>,
 }
 
 impl std::fmt::Debug for SqliteStorage {
@@ -149,9 +129,6 @@ impl std::fmt::Debug for SqliteStorage {
 struct Writer {
     conn: RefCell<Connection>,
     in_apply_once: Cell<bool>,
-    /// The group transaction open on `conn`, and how many operations it holds.
-    group: Cell<Option<(u64, usize)>>,
-    last_group: Cell<u64>,
 }
 
 /// Why one attempt of an operation failed: SQLite (maybe retryable) or the operation itself.
@@ -209,12 +186,7 @@ impl SqliteStorage {
                     connect(&path, &options).map_err(|e| map_error(&path, "opening", e))?,
                 ),
                 in_apply_once: Cell::new(false),
-                group: Cell::new(None),
-                last_group: Cell::new(0),
             }),
-            waiting: AtomicUsize::new(0),
-            groups: Mutex::default(),
-            group_done: Condvar::new(),
             readers: Mutex::new(Vec::new()),
             path,
             options,
@@ -265,130 +237,28 @@ impl SqliteStorage {
         })
     }
 
-    /// Runs `f` as one atomic write, durable when this returns.
-    ///
-    /// Group commit: a writer that finds no transaction open begins one (`BEGIN IMMEDIATE`,
-    /// retried on lock contention); a writer that finds one open, left by the previous writer
-    /// because others were waiting, joins it in a savepoint. After its operation, the holder
-    /// commits if nobody waits (or the group is full); otherwise it hands the connection on and
-    /// waits for the group's commit. Every member returns only after the commit, with its
-    /// own result or the commit's error. Inside `apply_once` it is a savepoint of that
-    /// transaction.
+    /// Runs `f` as one atomic write: its own `BEGIN IMMEDIATE` transaction, retried on lock
+    /// contention; or, inside `apply_once`'s open transaction, a savepoint of it.
     fn write<T>(&self, op: &str, mut f: impl FnMut(&Connection) -> Attempt<T>) -> Result<T> {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
         let guard = self.writer.lock();
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        let conn = guard.conn.try_borrow_mut().map_err(|_| Error::Backend {
+        let mut conn = guard.conn.try_borrow_mut().map_err(|_| Error::Backend {
             backend: "sqlite".into(),
             message: format!("{op} re-entered the writer while it was in use (a silo bug)"),
         })?;
         if guard.in_apply_once.get() {
             return self.write_in_savepoint(&conn, op, f);
         }
-        let (group, members, result) = match guard.group.get() {
-            Some((group, members)) => (group, members, self.write_in_savepoint(&conn, op, f)),
-            None => {
-                if !conn.is_autocommit() {
-                    // Left open by a failed rollback: never commit into it.
-                    conn.execute_batch("ROLLBACK")
-                        .map_err(|e| map_error(&self.path, op, e))?;
-                }
-                retry(&self.path, op, self.options.busy_timeout, || {
-                    Ok(conn.execute_batch("BEGIN IMMEDIATE")?)
-                })?;
-                let group = guard.last_group.get() + 1;
-                guard.last_group.set(group);
-                match f(&conn) {
-                    Ok(out) => (group, 0, Ok(out)),
-                    Err(failure) => {
-                        // Nobody else is in this transaction yet: drop it whole.
-                        let _ = conn.execute_batch("ROLLBACK");
-                        self.finish_group(group, None);
-                        return Err(failure.into_error(&self.path, op));
-                    }
-                }
-            }
-        };
-        if conn.is_autocommit() {
-            // SQLite rolled the whole transaction back (I/O error, full disk): every member's
-            // effect is gone, so every member fails.
-            let why = format!("the write transaction was rolled back during {op}");
-            guard.group.set(None);
-            self.finish_group(group, Some(why.clone()));
-            return Err(result.err().unwrap_or(Error::Unavailable { message: why }));
+        if !conn.is_autocommit() {
+            // Left open by a failed rollback: never commit into it.
+            conn.execute_batch("ROLLBACK")
+                .map_err(|e| map_error(&self.path, op, e))?;
         }
-        let members = members + 1;
-        if self.waiting.load(Ordering::SeqCst) > 0 && members < MAX_GROUP {
-            guard.group.set(Some((group, members)));
-            drop(conn);
-            drop(guard);
-            return match self.wait_for_group(group) {
-                None => result,
-                Some(why) => Err(Error::Unavailable {
-                    message: format!("{op} was not committed: {why}"),
-                }),
-            };
-        }
-        guard.group.set(None);
-        let committed = conn.execute_batch("COMMIT");
-        if committed.is_err() && !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        match committed {
-            Ok(()) => {
-                self.finish_group(group, None);
-                result
-            }
-            Err(e) => {
-                let error = map_error(&self.path, op, e);
-                self.finish_group(group, Some(error.to_string()));
-                Err(error)
-            }
-        }
-    }
-
-    /// Records that `group` committed (`failure` = `None`) or failed, and wakes its members.
-    fn finish_group(&self, group: u64, failure: Option<String>) {
-        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-        groups.last_finished = group;
-        if let Some(why) = failure {
-            groups.failed.insert(group, why);
-        }
-        groups.failed.retain(|&g, _| g + 1024 > group);
-        self.group_done.notify_all();
-    }
-
-    /// Blocks until `group` finished; its failure, if it failed.
-    fn wait_for_group(&self, group: u64) -> Option<String> {
-        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-        while groups.last_finished < group {
-            groups = self
-                .group_done
-                .wait(groups)
-                .unwrap_or_else(|p| p.into_inner());
-        }
-        groups.failed.get(&group).cloned()
-    }
-
-    /// Commits a group transaction left open on the writer (before `apply_once` takes it).
-    fn commit_open_group(&self, writer: &Writer, conn: &Connection) -> Result<()> {
-        let Some((group, _)) = writer.group.take() else {
-            return Ok(());
-        };
-        match conn.execute_batch("COMMIT") {
-            Ok(()) => {
-                self.finish_group(group, None);
-                Ok(())
-            }
-            Err(e) => {
-                if !conn.is_autocommit() {
-                    let _ = conn.execute_batch("ROLLBACK");
-                }
-                let error = map_error(&self.path, "group commit", e);
-                self.finish_group(group, Some(error.to_string()));
-                Err(error)
-            }
-        }
+        retry(&self.path, op, self.options.busy_timeout, || {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
     }
 
     fn write_in_savepoint<T>(
@@ -968,13 +838,29 @@ impl FunctionStorage for SqliteStorage {
         let max_attempts = self.options.max_attempts;
         self.write("queue_pop", |tx| {
             let now = now_millis();
-            let Some((id, _)) = next_visible(tx, scope, now, max_attempts)? else {
-                return Ok(None);
-            };
-            let value = tx
-                .prepare_cached("DELETE FROM queue WHERE id = ?1 RETURNING value")?
-                .query_row(params![id], |row| row.get(0))?;
-            Ok(Some(value))
+            // One statement in the common case; an exhausted item is set aside and the next
+            // one taken.
+            loop {
+                let head: Option<(Vec<u8>, u32)> = tx
+                    .prepare_cached(
+                        "DELETE FROM queue WHERE id = (
+                             SELECT id FROM queue WHERE scope = ?1 AND visible_at_ms <= ?2
+                             ORDER BY id LIMIT 1
+                         ) RETURNING value, attempts",
+                    )?
+                    .query_row(params![scope, now], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()?;
+                match head {
+                    Some((value, attempts)) if attempts >= max_attempts => {
+                        tx.prepare_cached(
+                            "INSERT INTO dead_letters (scope, value, attempts, dead_at_ms)
+                             VALUES (?1, ?2, ?3, ?4)",
+                        )?
+                        .execute(params![scope, value, attempts, now])?;
+                    }
+                    other => return Ok(other.map(|(value, _)| value)),
+                }
+            }
         })
     }
 
@@ -1138,7 +1024,6 @@ impl FunctionStorage for SqliteStorage {
             if guard.in_apply_once.get() {
                 return Err(Error::invalid("apply_once cannot be nested"));
             }
-            self.commit_open_group(&guard, &conn)?;
             retry(&self.path, "apply_once", self.options.busy_timeout, || {
                 Ok(conn.execute_batch("BEGIN IMMEDIATE")?)
             })?;

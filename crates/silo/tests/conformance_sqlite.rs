@@ -54,10 +54,10 @@ fn gc_prefix_sweeps_only_its_prefix() {
     silo::conformance::gc_prefix_sweeps_only_its_prefix(&*store);
 }
 
-/// Group commit: concurrent writers share transactions; one member's failure (an overflow,
-/// rolled back to its savepoint) neither loses nor fails the others' writes.
+/// Concurrent writers, some of whose operations fail (an overflow): the failures change
+/// nothing and neither lose nor fail the others' writes.
 #[test]
-fn group_commit_isolates_a_failing_member() {
+fn concurrent_writers_with_failing_ones_lose_nothing() {
     let store = common::TempStore::sqlite("");
     store.counter_set(b"g", b"", b"max", i64::MAX).unwrap();
     std::thread::scope(|t| {
