@@ -7,6 +7,7 @@
 //! and reply are stored in the effect's transaction (`FunctionStorage::apply_once`).
 
 mod auth;
+mod background;
 mod metrics;
 
 use std::future::Future;
@@ -26,6 +27,7 @@ use silo::{Error, FunctionStorage};
 use tokio::net::TcpListener;
 
 pub use auth::{Auth, Tenant, tenant_prefix};
+pub use background::{Background, spawn, spawn_router};
 pub use metrics::Metrics;
 use metrics::Rejection;
 

@@ -13,31 +13,31 @@ silo::worker_entry!();
 #[test]
 fn http_four_poppers_one_pusher() {
     let s = HttpStore::new("");
-    processes::four_poppers_one_pusher(&s.server.url);
+    processes::four_poppers_one_pusher(&s.server.url());
 }
 
 #[test]
 fn http_four_pushers() {
     let s = HttpStore::new("");
-    processes::four_pushers(&s.server.url);
+    processes::four_pushers(&s.server.url());
 }
 
 #[test]
 fn http_four_appenders() {
     let s = HttpStore::new("");
-    processes::four_appenders(&s.server.url);
+    processes::four_appenders(&s.server.url());
 }
 
 #[test]
 fn http_killed_writer_loses_nothing_acknowledged() {
     let s = HttpStore::new("");
-    processes::killed_writer_loses_nothing_acknowledged(&s.server.url);
+    processes::killed_writer_loses_nothing_acknowledged(&s.server.url());
 }
 
 #[test]
 fn http_leased_consumers_survive_a_kill() {
     let s = HttpStore::new("");
-    processes::leased_consumers_survive_a_kill(&s.server.url);
+    processes::leased_consumers_survive_a_kill(&s.server.url());
 }
 
 /// The client is synchronous yet safe inside a tokio runtime (a VGI worker calls it there).

@@ -50,35 +50,35 @@ fn bad_requests_get_clear_statuses_and_the_server_keeps_serving() {
         max_body_bytes: 4096,
         ..Config::new(silo::open(&url).unwrap())
     };
-    let server = TestServer::start(config);
+    let server = common::start(config);
     let good = get_request(b"s");
-    let ok = |server: &TestServer| assert_eq!(post(&server.url, Some("s3cret"), &good).0, 200);
+    let ok = |server: &TestServer| assert_eq!(post(&server.url(), Some("s3cret"), &good).0, 200);
 
-    let (status, text) = post(&server.url, Some("s3cret"), b"\x07garbage");
+    let (status, text) = post(&server.url(), Some("s3cret"), b"\x07garbage");
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("decode"), "{text}");
     ok(&server);
 
     let mut unknown = vec![0u8];
     unknown.extend(99u32.to_le_bytes());
-    let (status, text) = post(&server.url, Some("s3cret"), &unknown);
+    let (status, text) = post(&server.url(), Some("s3cret"), &unknown);
     assert_eq!(status, 400);
     assert!(text.contains("99"), "the message names the variant: {text}");
     ok(&server);
 
-    let (status, text) = post(&server.url, Some("s3cret"), &vec![0u8; 8192]);
+    let (status, text) = post(&server.url(), Some("s3cret"), &vec![0u8; 8192]);
     assert_eq!(status, 413, "{text}");
     assert!(text.contains("4096"), "{text}");
     ok(&server);
 
-    assert_eq!(post(&server.url, None, &good).0, 401, "missing token");
+    assert_eq!(post(&server.url(), None, &good).0, 401, "missing token");
     assert_eq!(
-        post(&server.url, Some("s3cre"), &good).0,
+        post(&server.url(), Some("s3cre"), &good).0,
         401,
         "wrong token"
     );
     assert_eq!(
-        post(&server.url, Some("s3cret!"), &good).0,
+        post(&server.url(), Some("s3cret!"), &good).0,
         401,
         "longer token"
     );
@@ -91,10 +91,10 @@ fn bad_requests_get_clear_statuses_and_the_server_keeps_serving() {
         },
     })
     .unwrap();
-    assert_eq!(post(&server.url, Some("s3cret"), &long_key).0, 400);
+    assert_eq!(post(&server.url(), Some("s3cret"), &long_key).0, 400);
 
     let too_big_value = HttpStorage::new(
-        &server.url,
+        &server.url(),
         HttpOptions {
             token: Some("s3cret".into()),
             ..HttpOptions::default()
@@ -112,7 +112,7 @@ fn bad_requests_get_clear_statuses_and_the_server_keeps_serving() {
     let agent = ureq::agent();
     assert_eq!(
         agent
-            .get(format!("{}/health", server.url))
+            .get(format!("{}/health", server.url()))
             .call()
             .unwrap()
             .into_body()
@@ -124,7 +124,7 @@ fn bad_requests_get_clear_statuses_and_the_server_keeps_serving() {
         .http_status_as_error(false)
         .build()
         .new_agent()
-        .get(format!("{}/metrics", server.url))
+        .get(format!("{}/metrics", server.url()))
         .header("authorization", "Bearer s3cret")
         .call()
         .unwrap()
@@ -161,13 +161,13 @@ fn tenants_cannot_see_clear_or_sweep_each_other() {
             name: "beta".into(),
         },
     ];
-    let server = TestServer::start(Config {
+    let server = common::start(Config {
         auth: Auth::Tenants(tenants),
         ..Config::new(silo::open(&url).unwrap())
     });
     let client = |token: &str| {
         HttpStorage::new(
-            &server.url,
+            &server.url(),
             HttpOptions {
                 token: Some(token.into()),
                 ..HttpOptions::default()
@@ -299,7 +299,7 @@ impl LossyProxy {
 #[test]
 fn a_lost_reply_is_not_applied_twice() {
     let (_dir, url) = sqlite_url("");
-    let server = TestServer::start(Config::new(silo::open(&url).unwrap()));
+    let server = common::start(Config::new(silo::open(&url).unwrap()));
     let proxy = LossyProxy::start(server.addr);
     let client = HttpStorage::new(&proxy.url(), HttpOptions::default()).unwrap();
     client
@@ -352,7 +352,7 @@ fn a_lost_reply_is_not_applied_twice() {
 #[test]
 fn a_retry_after_a_server_restart_gets_the_original_reply() {
     let (_dir, url) = sqlite_url("");
-    let first = TestServer::start(Config::new(silo::open(&url).unwrap()));
+    let first = common::start(Config::new(silo::open(&url).unwrap()));
     let proxy = LossyProxy::start(first.addr);
     let client = HttpStorage::new(&proxy.url(), HttpOptions::default()).unwrap();
     client.queue_push(b"s", &[b"only".to_vec()]).unwrap();
@@ -364,7 +364,7 @@ fn a_retry_after_a_server_restart_gets_the_original_reply() {
         std::thread::sleep(Duration::from_millis(5));
     }
     drop(first);
-    let second = TestServer::start(Config::new(silo::open(&url).unwrap()));
+    let second = common::start(Config::new(silo::open(&url).unwrap()));
     *proxy.upstream.lock().unwrap() = second.addr;
     proxy.paused.store(false, Ordering::SeqCst);
     let popped = popper.join().unwrap().unwrap();

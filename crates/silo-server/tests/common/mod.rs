@@ -2,61 +2,18 @@
 //! stopped (gracefully) when dropped.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use silo::FunctionStorage;
 use silo::http::{HttpOptions, HttpStorage};
 use silo_server::Config;
 
-pub struct TestServer {
-    pub addr: SocketAddr,
-    pub url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
+/// A server in the background; `TestServer::start` panics if it cannot start.
+pub type TestServer = silo_server::Background;
 
-impl TestServer {
-    pub fn start(config: Config) -> TestServer {
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                silo_server::serve(listener, config, async {
-                    let _ = stop_rx.await;
-                })
-                .await
-                .unwrap();
-            });
-        });
-        let addr = addr_rx.recv().unwrap();
-        TestServer {
-            addr,
-            url: format!("http://{addr}"),
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+pub fn start(config: Config) -> TestServer {
+    silo_server::spawn(config).expect("start a test server")
 }
 
 /// A temporary SQLite store's URL and directory.
@@ -80,8 +37,8 @@ pub struct HttpStore {
 impl HttpStore {
     pub fn new(query: &str) -> HttpStore {
         let (dir, store_url) = sqlite_url(query);
-        let server = TestServer::start(Config::new(silo::open(&store_url).unwrap()));
-        let client = Arc::new(HttpStorage::new(&server.url, HttpOptions::default()).unwrap());
+        let server = start(Config::new(silo::open(&store_url).unwrap()));
+        let client = Arc::new(HttpStorage::new(&server.url(), HttpOptions::default()).unwrap());
         HttpStore {
             client,
             server,
