@@ -117,6 +117,56 @@ pub struct ServeArgs {
     /// Seconds an idempotency key and its reply are kept for retries.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     pub idempotency_window: u64,
+
+    /// Scopes untouched for this many seconds are orphans, dropped by the sweep.
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "VGI_BUFFERING_STORE_TTL_SECS",
+        default_value_t = 86_400
+    )]
+    pub orphan_ttl: u64,
+
+    /// Seconds between orphan sweeps (the first runs at start-up); default a tenth of the TTL,
+    /// between 1 s and 1 h.
+    #[arg(long, value_name = "SECS")]
+    pub sweep_every: Option<u64>,
+
+    /// Do not sweep orphaned scopes (run `silo gc` from cron instead).
+    #[arg(long)]
+    pub no_orphan_sweep: bool,
+
+    /// Requests read or executed at once; more wait up to --queue-wait-ms, then get 503.
+    #[arg(long, value_name = "N", default_value_t = silo_server::Limits::default().max_concurrent_requests)]
+    pub max_concurrent_requests: usize,
+
+    /// Request body bytes held at once over all requests; more wait, then get 503.
+    #[arg(long, value_name = "BYTES", default_value_t = silo_server::Limits::default().max_inflight_bytes)]
+    pub max_inflight_bytes: usize,
+
+    /// How long a request waits for a free slot or body budget before 503 + Retry-After.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub queue_wait_ms: u64,
+
+    /// Deadline for a request's header; also how long an idle keep-alive connection is kept.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pub header_timeout_ms: u64,
+
+    /// Deadline for a request's body once its header arrived; slower ones get 408.
+    #[arg(long, value_name = "MS", default_value_t = 60_000)]
+    pub body_timeout_ms: u64,
+
+    /// Open connections at most; more wait in the listen backlog.
+    #[arg(long, value_name = "N", default_value_t = silo_server::Limits::default().max_connections)]
+    pub max_connections: usize,
+
+    /// Elements one request may carry in a list (queue items, keys, pairs); more get 413.
+    #[arg(long, value_name = "N", default_value_t = silo_server::Limits::default().max_items)]
+    pub max_items: usize,
+
+    /// Largest reply; a read that would answer more fails (page it), a drain is rolled back.
+    #[arg(long, value_name = "BYTES", default_value_t = silo_server::Limits::default().max_reply_bytes)]
+    pub max_reply_bytes: usize,
 }
 
 #[derive(Debug, Subcommand)]

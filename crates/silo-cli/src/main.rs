@@ -28,7 +28,7 @@ enum Failure {
     NotFound(String),
     Usage(String),
     Store(silo::Error),
-    Serve(String),
+    Serve(serve::ServeError),
 }
 
 impl From<silo::Error> for Failure {
@@ -49,11 +49,19 @@ fn main() -> ExitCode {
             eprintln!("silo: {msg}");
             ExitCode::from(exit::USAGE)
         }
+        Err(Failure::Store(e @ silo::Error::Config { .. })) => {
+            eprintln!("silo: {e}");
+            ExitCode::from(exit::USAGE)
+        }
         Err(Failure::Store(e)) => {
             eprintln!("silo: {e}");
             ExitCode::from(exit::STORE)
         }
-        Err(Failure::Serve(e)) => {
+        Err(Failure::Serve(serve::ServeError::Usage(e))) => {
+            eprintln!("silo serve: {e}");
+            ExitCode::from(exit::USAGE)
+        }
+        Err(Failure::Serve(serve::ServeError::Failed(e))) => {
             eprintln!("silo serve: {e}");
             ExitCode::from(exit::STORE)
         }
@@ -207,10 +215,16 @@ fn print_value(out: &mut impl Write, enc: Encoding, value: &[u8]) -> Result<(), 
         Encoding::Hex => emit(out, format!("{}\n", hex::encode(value)).as_bytes()),
         Encoding::Text => match std::str::from_utf8(value) {
             Ok(text) => emit(out, format!("{text}\n").as_bytes()),
-            Err(_) => Err(Failure::Usage(format!(
-                "the value ({} bytes) is not UTF-8 text; use --hex or --raw",
-                value.len()
-            ))),
+            // The value may already be gone from the store (a pop): show it in a form that
+            // survives a terminal rather than lose it.
+            Err(_) => {
+                eprintln!(
+                    "silo: the value ({} bytes) is not UTF-8 text; printed as hex \
+                     (pass --hex or --raw to choose)",
+                    value.len()
+                );
+                emit(out, format!("{}\n", hex::encode(value)).as_bytes())
+            }
         },
     }
 }

@@ -24,7 +24,7 @@ fn store_url(explicit: Option<&str>) -> silo::Result<String> {
                 "VGI_STORAGE_DB={path:?} must be an absolute path"
             )));
         }
-        return Ok(format!("sqlite://{path}"));
+        return silo::sqlite_url(std::path::Path::new(&path));
     }
     match std::env::var("SILO_STORAGE_URL")
         .ok()
@@ -35,7 +35,28 @@ fn store_url(explicit: Option<&str>) -> silo::Result<String> {
     }
 }
 
-pub fn run(args: ServeArgs, store: Option<&str>) -> Result<(), String> {
+/// Why `silo serve` stopped: a bad command line or setting (exit 2), or a failure (exit 3).
+pub enum ServeError {
+    Usage(String),
+    Failed(String),
+}
+
+impl From<String> for ServeError {
+    fn from(e: String) -> Self {
+        ServeError::Failed(e)
+    }
+}
+
+fn store_error(e: silo::Error) -> ServeError {
+    match e {
+        silo::Error::Config { .. } | silo::Error::InvalidInput { .. } => {
+            ServeError::Usage(e.to_string())
+        }
+        other => ServeError::Failed(other.to_string()),
+    }
+}
+
+pub fn run(args: ServeArgs, store: Option<&str>) -> Result<(), ServeError> {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -43,19 +64,48 @@ pub fn run(args: ServeArgs, store: Option<&str>) -> Result<(), String> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .try_init();
-    let url = store_url(store).map_err(|e| e.to_string())?;
-    let store: Arc<dyn FunctionStorage> = silo::open(&url).map_err(|e| e.to_string())?;
+    let url = store_url(store).map_err(store_error)?;
     let auth = match (&args.token, &args.tokens) {
-        (_, Some(file)) => Auth::from_tokens_file(file)?,
-        (Some(token), None) if !token.is_empty() => Auth::Token(token.clone()),
-        _ => Auth::Open,
+        (_, Some(file)) => Auth::from_tokens_file(file).map_err(ServeError::Usage)?,
+        (Some(token), None) if token.is_empty() => {
+            return Err(ServeError::Usage(
+                "the token is empty (--token or VGI_STORAGE_TOKEN), which would leave the \
+                 server open to anyone; set a long random token, or unset it to serve without \
+                 auth on loopback"
+                    .into(),
+            ));
+        }
+        (Some(token), None) => Auth::Token(token.clone()),
+        (None, None) => Auth::Open,
+    };
+    let store: Arc<dyn FunctionStorage> = silo::open(&url).map_err(store_error)?;
+    let orphan_ttl = Duration::from_secs(args.orphan_ttl);
+    let orphan_sweep = (!args.no_orphan_sweep).then(|| match args.sweep_every {
+        Some(secs) => silo_server::OrphanSweep {
+            ttl: orphan_ttl,
+            every: Duration::from_secs(secs.max(1)),
+        },
+        None => silo_server::OrphanSweep::for_ttl(orphan_ttl),
+    });
+    let limits = silo_server::Limits {
+        max_concurrent_requests: args.max_concurrent_requests,
+        max_inflight_bytes: args.max_inflight_bytes.max(args.max_body_bytes),
+        queue_wait: Duration::from_millis(args.queue_wait_ms),
+        header_timeout: Duration::from_millis(args.header_timeout_ms.max(1)),
+        body_timeout: Duration::from_millis(args.body_timeout_ms.max(1)),
+        max_connections: args.max_connections,
+        max_items: args.max_items,
+        max_reply_bytes: args.max_reply_bytes,
     };
     let config = Config {
         store,
         auth,
         max_body_bytes: args.max_body_bytes,
         idempotency_window: Duration::from_secs(args.idempotency_window),
+        limits,
+        orphan_sweep,
     };
+    raise_fd_limit(limits.max_connections);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -85,6 +135,33 @@ pub fn run(args: ServeArgs, store: Option<&str>) -> Result<(), String> {
         tracing::info!("silo serve stopped");
         Ok(())
     })
+}
+
+/// Raises the soft open-file limit toward the hard one, so that `--max-connections` clients
+/// (plus the store's files) fit; warns when they cannot.
+fn raise_fd_limit(connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let want = (connections as libc::rlim_t).saturating_add(64);
+        if limit.rlim_cur < want {
+            limit.rlim_cur = want.min(limit.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+    if (limit.rlim_cur as usize) < connections.saturating_add(64) {
+        tracing::warn!(
+            "the open-file limit ({}) is below --max-connections ({connections}) plus the \
+             store's files; raise `ulimit -n` or lower --max-connections",
+            limit.rlim_cur
+        );
+    }
 }
 
 async fn shutdown_signal() {

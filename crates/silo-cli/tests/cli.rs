@@ -70,8 +70,25 @@ fn kv_text_hex_stdin_and_file() {
     let raw = silo(&e, &["--raw", "kv", "get", "q1", "bin"]);
     assert_eq!(raw.stdout, b"\x00\x01\xff", "--raw is byte exact");
     let not_text = silo(&e, &["kv", "get", "q1", "bin"]);
-    assert_eq!(code(&not_text), 2);
+    assert_eq!(code(&not_text), 0);
+    assert_eq!(
+        not_text.stdout, b"0001ff\n",
+        "a value that is not text prints as hex"
+    );
     assert!(String::from_utf8_lossy(&not_text.stderr).contains("--hex"));
+
+    // A pop removes the item before it is printed: it must come out in a printable form,
+    // never be lost to an encoding error.
+    ok(silo_stdin(&e, &["queue", "push", "q2", "-"], b"\xfe\x00ok"));
+    let popped = silo(&e, &["queue", "pop", "q2"]);
+    assert_eq!(
+        code(&popped),
+        0,
+        "{}",
+        String::from_utf8_lossy(&popped.stderr)
+    );
+    assert_eq!(popped.stdout, b"fe006f6b\n");
+    assert!(String::from_utf8_lossy(&popped.stderr).contains("not UTF-8"));
     let file = e._dir.path().join("value.bin");
     std::fs::write(&file, b"from a file").unwrap();
     ok(silo(
@@ -150,7 +167,7 @@ fn errors_are_one_clear_line_with_documented_codes() {
         url: "bogus://nowhere".into(),
     };
     let out = silo(&e, &["stat"]);
-    assert_eq!(code(&out), 3);
+    assert_eq!(code(&out), 2, "a bad --store is a usage error");
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("silo: ") && err.contains("bogus"), "{err}");

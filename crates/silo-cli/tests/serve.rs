@@ -136,3 +136,37 @@ fn sigkill_during_writes_loses_no_acknowledged_write() {
     again.kill().unwrap();
     again.wait().unwrap();
 }
+
+/// An empty token (flag or environment) would serve without auth: refused at start-up, as
+/// is a store URL that does not parse; both are usage errors (exit 2) that say why.
+#[test]
+fn an_empty_token_or_a_bad_store_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/state.db", dir.path().display());
+    let run = |args: &[&str], env_token: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_silo"));
+        cmd.args(args).env_remove("VGI_STORAGE_TOKEN");
+        if let Some(t) = env_token {
+            cmd.env("VGI_STORAGE_TOKEN", t);
+        }
+        let out = cmd
+            .args(["--bind", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--store", &url, "serve", "--token", ""], None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("token is empty"), "{err}");
+    let (code, err) = run(&["--store", &url, "serve"], Some(""));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("token is empty"), "{err}");
+    let (code, err) = run(&["--store", "nosuch://x", "serve"], None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("nosuch"), "{err}");
+}

@@ -3,28 +3,36 @@
 //! A drop-in for the `vgi` crate's `vgi-storage-server`: `POST /rpc` speaks its bincode
 //! protocol byte for byte, so `VGI_WORKER_SHARED_STORAGE=http` workers use it unchanged; silo's
 //! extended operations ride on the same endpoint. Store work runs on tokio's blocking pool,
-//! never on the reactor. A request with an idempotency key is applied once, durably: the key
-//! and reply are stored in the effect's transaction (`FunctionStorage::apply_once`).
+//! never on the reactor. A request with an idempotency key is applied once, durably: the key,
+//! a fingerprint of the request and the reply are stored in the effect's transaction
+//! (`FunctionStorage::apply_once`).
+//!
+//! The server protects itself before it trusts a caller: the token is checked from the
+//! headers before any body byte is read; bodies, items per request, replies, concurrent
+//! requests, in-flight body bytes and open connections are bounded ([`Limits`]); slow and idle
+//! connections time out.
 
 mod auth;
 mod background;
+mod connections;
 mod metrics;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use http_body_util::BodyExt;
 use serde::Serialize;
-use silo::wire::{self, ErrorKind, OP_NAMES, StorageRequest};
-use silo::{Error, FunctionStorage};
+use silo::wire::{self, ErrorKind, OP_NAMES, StorageOp, StorageRequest};
+use silo::{Error, FunctionStorage, Selection};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 pub use auth::{Auth, Tenant, tenant_prefix};
 pub use background::{Background, spawn, spawn_router};
@@ -45,17 +53,83 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long an idempotency key (and its reply) is kept for retries.
     pub idempotency_window: Duration,
+    /// Bounds on what callers may make the server hold.
+    pub limits: Limits,
+    /// The orphan sweep: scopes untouched for `ttl` are dropped every `every`; `None` = off.
+    pub orphan_sweep: Option<OrphanSweep>,
+}
+
+/// How often the server sweeps orphaned scopes, and which scopes are orphans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrphanSweep {
+    /// Scopes untouched for longer than this are dropped.
+    pub ttl: Duration,
+    /// Time between sweeps (the first runs at start-up, as the incumbent's does).
+    pub every: Duration,
+}
+
+impl OrphanSweep {
+    /// Sweeps for `ttl`, every tenth of it (at least every second, at most hourly).
+    pub fn for_ttl(ttl: Duration) -> Self {
+        OrphanSweep {
+            ttl,
+            every: (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600)),
+        }
+    }
+}
+
+/// Bounds on what callers may make the server hold. Excess work waits up to `queue_wait`
+/// for room, then gets `503` with `Retry-After`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests being read or executed at once.
+    pub max_concurrent_requests: usize,
+    /// Request body bytes held at once, over all requests (a request reserves its
+    /// `Content-Length`, or `max_body_bytes` when it sends none).
+    pub max_inflight_bytes: usize,
+    /// How long a request waits for a slot or for body bytes before `503`.
+    pub queue_wait: Duration,
+    /// Deadline for a request's header, counted from when the server starts waiting for it,
+    /// so it is also how long an idle keep-alive connection is kept.
+    pub header_timeout: Duration,
+    /// Deadline for reading a request's body once its header arrived.
+    pub body_timeout: Duration,
+    /// Open connections; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Elements in one request's lists (queue items, keys, pairs).
+    pub max_items: usize,
+    /// Largest reply body. A read whose reply would be larger fails with a clear error (page
+    /// with a limit); a write whose reply would be larger (a drain) is rolled back.
+    pub max_reply_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_concurrent_requests: 256,
+            max_inflight_bytes: 1 << 30,
+            queue_wait: Duration::from_secs(1),
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            max_items: 100_000,
+            max_reply_bytes: 512 << 20,
+        }
+    }
 }
 
 impl Config {
     /// A server over `store` with the defaults: no auth, 320 MiB bodies (a 256 MiB value and
-    /// its envelope), a 10-minute idempotency window.
+    /// its envelope), a 10-minute idempotency window, default [`Limits`], the orphan sweep
+    /// off (`silo serve` turns it on).
     pub fn new(store: Arc<dyn FunctionStorage>) -> Self {
         Config {
             store,
             auth: Auth::Open,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             idempotency_window: Duration::from_secs(600),
+            limits: Limits::default(),
+            orphan_sweep: None,
         }
     }
 }
@@ -66,46 +140,67 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 320 << 20;
 struct App {
     config: Config,
     metrics: Metrics,
+    requests: Semaphore,
+    body_bytes: Semaphore,
+}
+
+/// The caller's scope prefix, set by the auth layer for the handlers behind it.
+#[derive(Clone)]
+struct Caller {
+    prefix: Vec<u8>,
+}
+
+fn app(config: Config) -> Arc<App> {
+    let limits = config.limits;
+    Arc::new(App {
+        requests: Semaphore::new(limits.max_concurrent_requests.max(1)),
+        body_bytes: Semaphore::new(limits.max_inflight_bytes.clamp(1, Semaphore::MAX_PERMITS)),
+        config,
+        metrics: Metrics::default(),
+    })
 }
 
 /// The HTTP routes over `config`.
 pub fn router(config: Config) -> Router {
-    let limit = config.max_body_bytes;
-    let app = Arc::new(App {
-        config,
-        metrics: Metrics::default(),
-    });
+    routes(app(config))
+}
+
+fn routes(app: Arc<App>) -> Router {
     Router::new()
-        .route("/rpc", post(rpc).layer(DefaultBodyLimit::max(limit)))
-        .route("/health", get(|| async { "ok" }))
+        .route("/rpc", post(rpc))
         .route("/metrics", get(metrics_text))
         .route("/v1/info", get(info))
+        // Runs before any handler touches the body.
+        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate))
+        .route("/health", get(|| async { "ok" }))
         .with_state(app)
 }
 
 /// Serves `config` on `listener` until `shutdown` resolves, then finishes in-flight requests.
-/// Also sweeps expired idempotency keys in the background.
+/// Also sweeps expired idempotency keys and, when configured, orphaned scopes.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let sweeper = tokio::spawn(sweep_idempotency_keys(
-        config.store.clone(),
-        config.idempotency_window,
-    ));
-    let result = axum::serve(listener, router(config))
-        .with_graceful_shutdown(shutdown)
-        .await;
-    sweeper.abort();
+    let app = app(config);
+    let mut chores = vec![tokio::spawn(sweep_idempotency_keys(app.clone()))];
+    if let Some(sweep) = app.config.orphan_sweep {
+        chores.push(tokio::spawn(sweep_orphans(app.clone(), sweep)));
+    }
+    let result = connections::serve(listener, routes(app.clone()), app, shutdown).await;
+    for chore in chores {
+        chore.abort();
+    }
     result
 }
 
-async fn sweep_idempotency_keys(store: Arc<dyn FunctionStorage>, window: Duration) {
-    let every = (window / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+async fn sweep_idempotency_keys(app: Arc<App>) {
+    let window = app.config.idempotency_window;
+    let every = (window / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
     loop {
         tokio::time::sleep(every).await;
-        let store = store.clone();
+        let store = app.config.store.clone();
         match tokio::task::spawn_blocking(move || store.expire_once_keys(window)).await {
             Ok(Ok(n)) if n > 0 => tracing::debug!(expired = n, "idempotency keys swept"),
             Ok(Ok(_)) => {}
@@ -115,74 +210,218 @@ async fn sweep_idempotency_keys(store: Arc<dyn FunctionStorage>, window: Duratio
     }
 }
 
+/// Drops orphaned scopes at start-up and then every `sweep.every`.
+async fn sweep_orphans(app: Arc<App>, sweep: OrphanSweep) {
+    loop {
+        let store = app.config.store.clone();
+        let outcome = tokio::task::spawn_blocking(move || store.gc(sweep.ttl)).await;
+        let m = &app.metrics;
+        match outcome {
+            Ok(Ok(n)) => {
+                m.sweeps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                m.swept_scopes
+                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                if n > 0 {
+                    tracing::info!(scopes = n, "orphan sweep dropped scopes");
+                }
+            }
+            Ok(Err(e)) => {
+                m.sweep_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!("the orphan sweep failed: {e}");
+            }
+            Err(e) => {
+                m.sweep_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!("the orphan sweeper panicked: {e}");
+            }
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        m.last_sweep_unix
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(sweep.every).await;
+    }
+}
+
 fn error_response(e: &Error) -> Response {
     let kind = ErrorKind::of(e);
     let status = StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, [("x-silo-error", kind.name())], e.to_string()).into_response()
 }
 
-fn unauthorized() -> Response {
-    let e = Error::Unauthorized {
-        message: "missing or wrong bearer token".into(),
+/// An error answer with a status other than its kind's (413, 408).
+fn error_with_status(status: StatusCode, e: &Error) -> Response {
+    let mut response = error_response(e);
+    *response.status_mut() = status;
+    response
+}
+
+/// `503` with `Retry-After`: the server is full; the caller should come back shortly.
+fn overloaded(what: &str) -> Response {
+    let e = Error::Unavailable {
+        message: format!("the server is busy ({what}); retry shortly"),
     };
-    error_response(&e)
+    let mut response = error_response(&e);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+/// The auth layer: the token is checked from the headers alone, before the body is read.
+async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    match app.config.auth.scope_prefix(presented) {
+        Some(prefix) => {
+            request.extensions_mut().insert(Caller { prefix });
+            next.run(request).await
+        }
+        None => {
+            app.metrics.reject(Rejection::Unauthorized);
+            error_response(&Error::Unauthorized {
+                message: "missing or wrong bearer token".into(),
+            })
+        }
+    }
+}
+
+/// The number of list elements a request carries.
+fn items_of(op: &StorageOp) -> usize {
+    match op {
+        StorageOp::QueuePush { items, .. } => items.0.len(),
+        StorageOp::StateGetMany { keys, .. } => keys.0.len(),
+        StorageOp::StatePutMany { items, .. } => items.0.len(),
+        StorageOp::StateDelete {
+            selection: Selection::Keys(keys),
+            ..
+        } => keys.len(),
+        _ => 0,
+    }
+}
+
+/// The encoded operation inside a request body: what follows the idempotency key. Its
+/// digest is the request's fingerprint, so a key reused for another request is caught.
+fn op_bytes<'a>(body: &'a [u8], key: &str) -> &'a [u8] {
+    // `Some` tag, `u64` length, the key's bytes.
+    body.get(1 + 8 + key.len()..).unwrap_or_default()
 }
 
 impl App {
-    fn authorize(&self, headers: &HeaderMap) -> Option<Vec<u8>> {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes);
-        let prefix = self.config.auth.scope_prefix(presented);
-        if prefix.is_none() {
-            self.metrics.reject(Rejection::Unauthorized);
-        }
-        prefix
-    }
-
     /// Applies one request (on a blocking thread) and encodes the reply.
-    fn execute(&self, prefix: &[u8], request: StorageRequest) -> silo::Result<Vec<u8>> {
+    fn execute(
+        &self,
+        prefix: &[u8],
+        body: &[u8],
+        request: StorageRequest,
+    ) -> silo::Result<Vec<u8>> {
         let store = &*self.config.store;
-        let Some(key) = request.idempotency_key else {
-            return wire::encode(&wire::apply(store, prefix, request.op)?);
+        let limit = self.config.limits.max_reply_bytes;
+        let encode_bounded = |reply: &wire::StorageReply| -> silo::Result<Vec<u8>> {
+            let bytes = wire::encode(reply)?;
+            if bytes.len() > limit {
+                return Err(reply_too_large(bytes.len(), limit));
+            }
+            Ok(bytes)
         };
-        let mut once_key = prefix.to_vec();
-        once_key.extend_from_slice(key.as_bytes());
+        // A drain's reply is its data: when it cannot be sent, the drain must not happen, so
+        // it always runs where a failure rolls back, keyed or not.
+        let (once_key, fingerprint) = match (&request.idempotency_key, &request.op) {
+            (Some(key), _) => {
+                let mut once_key = prefix.to_vec();
+                once_key.extend_from_slice(key.as_bytes());
+                (once_key, blake3::hash(op_bytes(body, key)))
+            }
+            (None, StorageOp::StateDrain { .. }) => {
+                let mut once_key = b"\0unkeyed-drain:".to_vec();
+                once_key.extend_from_slice(&unique_nonce().to_le_bytes());
+                (once_key, blake3::hash(body))
+            }
+            (None, _) => return encode_bounded(&wire::apply(store, prefix, request.op)?),
+        };
         let mut op = Some(request.op);
-        store.apply_once(&once_key, &mut |store| {
+        store.apply_once(&once_key, fingerprint.as_bytes(), &mut |store| {
             let op = op
                 .take()
                 .ok_or_else(|| Error::invalid("apply_once ran one request twice"))?;
-            wire::encode(&wire::apply(store, prefix, op)?)
+            encode_bounded(&wire::apply(store, prefix, op)?)
         })
     }
 }
 
-async fn rpc(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let Some(prefix) = app.authorize(&headers) else {
-        return unauthorized();
+fn reply_too_large(len: usize, limit: usize) -> Error {
+    Error::invalid(format!(
+        "the reply would be {len} bytes, over the server's limit of {limit} \
+         (silo serve --max-reply-bytes); read in pages with a smaller limit"
+    ))
+}
+
+/// A process-unique number (for keys that must never match another request's).
+fn unique_nonce() -> u128 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    (t << 32) ^ u128::from(n) ^ (u128::from(std::process::id()) << 96)
+}
+
+async fn rpc(State(app): State<Arc<App>>, request: Request) -> Response {
+    let prefix = match request.extensions().get::<Caller>() {
+        Some(caller) => caller.prefix.clone(),
+        None => return error_response(&Error::invalid("no caller (a server bug)")),
     };
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            app.metrics.reject(Rejection::TooLarge);
-            let message = format!(
-                "request body over the server's limit of {} bytes (silo serve --max-body-bytes)",
-                app.config.max_body_bytes
-            );
-            let mut response = error_response(&Error::invalid(message));
-            *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-            return response;
+    let max_body = app.config.max_body_bytes;
+    let declared = declared_length(request.headers());
+    if declared.is_some_and(|n| n > max_body) {
+        return too_large(&app, max_body);
+    }
+    let limits = app.config.limits;
+    let Ok(Ok(_slot)) = tokio::time::timeout(limits.queue_wait, app.requests.acquire()).await
+    else {
+        app.metrics.reject(Rejection::Overloaded);
+        return overloaded("every request slot is taken; silo serve --max-concurrent-requests");
+    };
+    // Reserve the body's bytes before reading them: the declared length, or the most a body
+    // may be when the caller streams it without one.
+    let reserve = declared
+        .unwrap_or(max_body)
+        .clamp(1, app.config.limits.max_inflight_bytes);
+    let Ok(permits) = u32::try_from(reserve) else {
+        return too_large(&app, max_body);
+    };
+    let Ok(Ok(_bytes)) =
+        tokio::time::timeout(limits.queue_wait, app.body_bytes.acquire_many(permits)).await
+    else {
+        app.metrics.reject(Rejection::Overloaded);
+        return overloaded("too many request bytes in flight; silo serve --max-inflight-bytes");
+    };
+    let body = http_body_util::Limited::new(request.into_body(), max_body);
+    let body = match tokio::time::timeout(limits.body_timeout, body.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return too_large(&app, max_body);
         }
-        Err(rejection) => {
+        Ok(Err(e)) => {
             app.metrics.reject(Rejection::Undecodable);
-            return error_response(&Error::invalid(format!(
-                "cannot read the body: {rejection}"
-            )));
+            return error_response(&Error::invalid(format!("cannot read the body: {e}")));
+        }
+        Err(_) => {
+            app.metrics.reject(Rejection::Timeout);
+            return error_with_status(
+                StatusCode::REQUEST_TIMEOUT,
+                &Error::invalid(format!(
+                    "the body did not arrive within {:?} (silo serve --body-timeout-ms)",
+                    limits.body_timeout
+                )),
+            );
         }
     };
     let request: StorageRequest = match wire::decode(&body) {
@@ -202,16 +441,32 @@ async fn rpc(
             "idempotency key longer than {MAX_IDEMPOTENCY_KEY} bytes"
         )));
     }
+    let items = items_of(&request.op);
+    if items > limits.max_items {
+        app.metrics.reject(Rejection::TooManyItems);
+        return error_with_status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &Error::invalid(format!(
+                "{} carries {items} items, over the server's limit of {} \
+                 (silo serve --max-items); split it into several requests",
+                request.op.name(),
+                limits.max_items
+            )),
+        );
+    }
     let op = request.op.index();
     let started = Instant::now();
     let worker = app.clone();
-    let outcome = tokio::task::spawn_blocking(move || worker.execute(&prefix, request)).await;
+    let outcome =
+        tokio::task::spawn_blocking(move || worker.execute(&prefix, &body, request)).await;
     let response = match outcome {
         Ok(Ok(reply)) => {
             ([(header::CONTENT_TYPE, "application/octet-stream")], reply).into_response()
         }
         Ok(Err(e)) => {
-            if !matches!(e, Error::InvalidInput { .. }) {
+            if e.to_string().contains("--max-reply-bytes") {
+                app.metrics.reject(Rejection::ReplyTooLarge);
+            } else if !matches!(e, Error::InvalidInput { .. } | Error::Conflict { .. }) {
                 tracing::warn!(op = OP_NAMES[op], "request failed: {e}");
             }
             error_response(&e)
@@ -229,24 +484,42 @@ async fn rpc(
     response
 }
 
+fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn too_large(app: &App, max_body: usize) -> Response {
+    app.metrics.reject(Rejection::TooLarge);
+    let message = format!(
+        "request body over the server's limit of {max_body} bytes (silo serve --max-body-bytes)"
+    );
+    error_with_status(StatusCode::PAYLOAD_TOO_LARGE, &Error::invalid(message))
+}
+
 #[derive(Serialize)]
 struct Info {
     server: &'static str,
     version: &'static str,
     ops: &'static [&'static str],
     max_body_bytes: usize,
+    max_items: usize,
+    max_reply_bytes: usize,
     multi_tenant: bool,
 }
 
-async fn info(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if app.authorize(&headers).is_none() {
-        return unauthorized();
-    }
+async fn info(State(app): State<Arc<App>>) -> Response {
     let info = Info {
         server: "silo",
         version: env!("CARGO_PKG_VERSION"),
-        ops: &OP_NAMES,
+        ops: OP_NAMES,
         max_body_bytes: app.config.max_body_bytes,
+        max_items: app.config.limits.max_items,
+        max_reply_bytes: app.config.limits.max_reply_bytes,
         multi_tenant: !app.config.auth.is_single_tenant(),
     };
     match serde_json::to_string(&info) {
@@ -255,10 +528,7 @@ async fn info(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn metrics_text(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if app.authorize(&headers).is_none() {
-        return unauthorized();
-    }
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     // Store-wide counts would leak across tenants; a multi-tenant server omits them.
     let stats = if app.config.auth.is_single_tenant() {
         let store = app.config.store.clone();

@@ -1,4 +1,5 @@
-//! Prometheus metrics of the server: requests, errors and latency by operation.
+//! Prometheus metrics of the server: requests, errors and latency by operation; requests
+//! refused before the store, by reason; open connections; the orphan sweeper's work.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,8 +25,27 @@ struct OpMetrics {
 /// Counters shared by every request handler.
 pub struct Metrics {
     ops: Vec<OpMetrics>,
-    rejected: [AtomicU64; 3],
+    rejected: [AtomicU64; REJECTIONS.len()],
+    /// Connections open now.
+    pub connections: AtomicU64,
+    /// Orphan sweeps run, sweeps that failed, and scopes they dropped.
+    pub sweeps: AtomicU64,
+    pub sweep_failures: AtomicU64,
+    pub swept_scopes: AtomicU64,
+    /// When the last sweep finished, in seconds since the Unix epoch (0: none yet).
+    pub last_sweep_unix: AtomicU64,
 }
+
+/// Label values of [`Rejection`], in discriminant order.
+const REJECTIONS: [&str; 7] = [
+    "unauthorized",
+    "undecodable",
+    "too_large",
+    "overloaded",
+    "timeout",
+    "too_many_items",
+    "reply_too_large",
+];
 
 /// Why a request was refused before it reached the store.
 #[derive(Clone, Copy)]
@@ -33,6 +53,12 @@ pub enum Rejection {
     Unauthorized = 0,
     Undecodable = 1,
     TooLarge = 2,
+    /// Every request slot or all in-flight body bytes were taken for too long.
+    Overloaded = 3,
+    /// The body did not arrive within the body timeout.
+    Timeout = 4,
+    TooManyItems = 5,
+    ReplyTooLarge = 6,
 }
 
 impl Default for Metrics {
@@ -40,6 +66,11 @@ impl Default for Metrics {
         Metrics {
             ops: OP_NAMES.iter().map(|_| OpMetrics::default()).collect(),
             rejected: Default::default(),
+            connections: AtomicU64::new(0),
+            sweeps: AtomicU64::new(0),
+            sweep_failures: AtomicU64::new(0),
+            swept_scopes: AtomicU64::new(0),
+            last_sweep_unix: AtomicU64::new(0),
         }
     }
 }
@@ -99,10 +130,7 @@ impl Metrics {
             "# HELP silo_rejected_total Requests refused before the store."
         );
         let _ = writeln!(out, "# TYPE silo_rejected_total counter");
-        for (reason, n) in ["unauthorized", "undecodable", "too_large"]
-            .iter()
-            .zip(&self.rejected)
-        {
+        for (reason, n) in REJECTIONS.iter().zip(&self.rejected) {
             let _ = writeln!(
                 out,
                 "silo_rejected_total{{reason=\"{reason}\"}} {}",
@@ -136,6 +164,45 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "silo_request_duration_seconds_count{{op=\"{name}\"}} {cumulative}"
+            );
+        }
+        let server = [
+            (
+                "silo_connections",
+                "gauge",
+                "Client connections open now.",
+                &self.connections,
+            ),
+            (
+                "silo_orphan_sweeps_total",
+                "counter",
+                "Orphan sweeps run (scopes untouched for the orphan TTL are dropped).",
+                &self.sweeps,
+            ),
+            (
+                "silo_orphan_sweep_failures_total",
+                "counter",
+                "Orphan sweeps that failed (see the server log).",
+                &self.sweep_failures,
+            ),
+            (
+                "silo_orphan_scopes_swept_total",
+                "counter",
+                "Scopes dropped by the orphan sweeper.",
+                &self.swept_scopes,
+            ),
+            (
+                "silo_orphan_last_sweep_timestamp_seconds",
+                "gauge",
+                "When the last orphan sweep finished (Unix seconds; 0 = none yet).",
+                &self.last_sweep_unix,
+            ),
+        ];
+        for (name, kind, help, value) in server {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                value.load(Ordering::Relaxed)
             );
         }
         if let Some(s) = stats {

@@ -28,6 +28,11 @@ pub enum Error {
     #[error("temporarily unavailable: {message} (the operation may be retried)")]
     Unavailable { message: String },
 
+    /// The request contradicts what the store already recorded: an idempotency key reused
+    /// for a different request. Retrying the same call fails the same way; use a new key.
+    #[error("conflict: {message}")]
+    Conflict { message: String },
+
     /// The backend or the server does not implement this operation.
     #[error("unsupported: {op} is not available on {backend}")]
     Unsupported { op: String, backend: String },

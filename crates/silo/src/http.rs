@@ -3,9 +3,10 @@
 //!
 //! Blocking `ureq` with a keep-alive pool, so it is safe from plain threads and from inside a
 //! tokio runtime alike. Transport errors and transient 5xx answers are retried with
-//! exponential backoff and jitter, a bounded number of times; every operation that would
-//! change its effect or reply if applied twice carries an idempotency key that stays the same
-//! across those retries, so the server applies it once. Extended operations are checked
+//! exponential backoff and jitter, a bounded number of times. Every operation that changes
+//! the store (the table's `Write` class) carries an idempotency key that stays the same
+//! across those retries, so the server applies it once and answers a retry from its record;
+//! reads carry none and are simply sent again. Extended operations are checked
 //! against the server's `GET /v1/info` and fail with `Unsupported` on an older server.
 
 use std::hash::{BuildHasher, Hasher};
@@ -74,8 +75,9 @@ impl std::fmt::Debug for HttpStorage {
     }
 }
 
-/// The most a reply body may be: values can be large, but not unbounded.
-const MAX_REPLY_BYTES: u64 = 2 << 30;
+/// The most a reply body may be: values can be large, but not unbounded. Above the server's
+/// own default reply limit (512 MiB), so that the server's clearer error is what users see.
+const MAX_REPLY_BYTES: u64 = 1 << 30;
 
 impl HttpStorage {
     /// A client of the server at `base` (`http://host:port`, optionally with a path prefix).
@@ -179,7 +181,7 @@ impl HttpStorage {
             }
         }
         let name = op.name();
-        let idempotency_key = op.needs_idempotency_key().then(|| {
+        let idempotency_key = op.is_write().then(|| {
             format!(
                 "{}-{}",
                 self.client_id,
@@ -252,12 +254,19 @@ fn read_answer(
             .with_config()
             .limit(MAX_REPLY_BYTES)
             .read_to_vec()
-            .map_err(|e| Exchange::Retry(format!("reading the reply: {e}")));
+            .map_err(|e| match e {
+                // The same request would bring the same reply: retrying cannot help.
+                ureq::Error::BodyExceedsLimit(limit) => Exchange::Fail(Error::invalid(format!(
+                    "the server's reply is over this client's limit of {limit} bytes; \
+                     read in pages with a smaller limit"
+                ))),
+                other => Exchange::Retry(format!("reading the reply: {other}")),
+            });
     }
     let message = resp.body_mut().read_to_string().unwrap_or_default();
     let transient = match kind {
         Some(kind) => kind == ErrorKind::Unavailable,
-        None => (500..600).contains(&status) && status != 501 && status != 507,
+        None => status == 408 || ((500..600).contains(&status) && status != 501 && status != 507),
     };
     if transient {
         Err(Exchange::Retry(format!("HTTP {status}: {message}")))
@@ -277,6 +286,7 @@ fn status_error(status: u16, kind: Option<ErrorKind>, message: String) -> Error 
         400 | 413 => ErrorKind::InvalidInput,
         401 | 403 => ErrorKind::Unauthorized,
         404 | 405 | 501 => ErrorKind::Unsupported,
+        409 => ErrorKind::Conflict,
         503 => ErrorKind::Unavailable,
         507 => ErrorKind::StorageFull,
         _ => ErrorKind::Backend,
@@ -596,6 +606,6 @@ impl FunctionStorage for HttpStorage {
     }
 
     fn stat(&self) -> Result<StoreStats> {
-        expect!(self.call(StorageOp::Stat)?, "Stat", StorageReply::Stats(s) => s)
+        expect!(self.call(StorageOp::Stat {})?, "Stat", StorageReply::Stats(s) => s)
     }
 }

@@ -41,12 +41,15 @@ pub use error::{Error, Result};
 /// This library's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub use memory::MemoryStorage;
-pub use open::{DEFAULT_ORPHAN_TTL, EnvConfig, default_sqlite_path, default_url, from_env, open};
+pub use open::{
+    DEFAULT_ORPHAN_TTL, EnvConfig, default_sqlite_path, default_url, from_env, open, sqlite_url,
+};
 pub use options::{StoreOptions, SyncMode};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStorage;
 pub use storage::{
-    Claim, DeadLetter, Entry, FunctionStorage, KeyRange, KeyValue, Selection, StoreStats,
+    Claim, DeadLetter, Entry, FunctionStorage, KeyRange, KeyValue, MAX_LIST_LEN, Selection,
+    StoreStats,
 };
 
 /// The README's examples, compiled and run as doctests.

@@ -1,10 +1,18 @@
-//! `memory:` — the in-process backend. Everything lives in one mutex-guarded map of scopes;
-//! it is the reference the other backends are checked against, and it is not shared across
-//! processes.
+//! `memory:` — the in-process backend. Everything lives in one map of scopes behind one
+//! reentrant lock; it is the reference the other backends are checked against, and it is not
+//! shared across processes.
+//!
+//! The maps are persistent (`imbl`): cloning the whole store is O(1), which is how
+//! `apply_once` takes a snapshot before its effect and puts it back when the effect fails,
+//! without copying any data. Values are shared `Arc<[u8]>` so that the copy-on-write of a
+//! map node never copies value bytes.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::cell::{Cell, RefCell, RefMut};
+use std::sync::Arc;
 use std::time::Duration;
+
+use imbl::{HashMap, OrdMap, Vector};
+use parking_lot::{ReentrantMutex, ReentrantMutexGuard};
 
 use crate::options::{millis, now_millis};
 use crate::storage::{Entry, KeyValue};
@@ -13,52 +21,89 @@ use crate::{
     StoreStats,
 };
 
+/// Bytes shared between a snapshot and the live store.
+type Val = Arc<[u8]>;
+
+/// A log: `(id, value)` in id order.
+type Log = Vector<(i64, Val)>;
+
 /// The in-process store.
 #[derive(Debug, Default)]
 pub struct MemoryStorage {
     options: StoreOptions,
-    inner: Mutex<Inner>,
-    /// `apply_once` replies by key, with their creation time; its lock is held across the
-    /// whole check-apply-record so that concurrent retries of one key apply once.
-    once: Mutex<HashMap<Vec<u8>, OnceReply>>,
+    /// Reentrant so that the operations `apply_once` runs can take it again on the thread
+    /// that holds it for the whole check-apply-record.
+    inner: ReentrantMutex<Store>,
 }
 
-/// A stored `apply_once` reply and when it was stored (ms since the epoch).
-type OnceReply = (Vec<u8>, i64);
-
 #[derive(Debug, Default)]
+struct Store {
+    data: RefCell<Inner>,
+    /// Set while `apply_once` runs on the thread holding the lock.
+    in_apply_once: Cell<bool>,
+}
+
+#[derive(Clone, Debug, Default)]
 struct Inner {
     scopes: HashMap<Vec<u8>, Scope>,
     seq: Sequences,
+    /// `apply_once` records by key.
+    once: HashMap<Vec<u8>, OnceRecord>,
+}
+
+/// A stored `apply_once` reply, the fingerprint of the request it answered, and when it was
+/// stored (ms since the epoch).
+#[derive(Clone, Debug)]
+struct OnceRecord {
+    reply: Val,
+    fingerprint: Val,
+    created_ms: i64,
 }
 
 /// Store-wide sequences, so ids are never reused, even after a scope is cleared.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Sequences {
     last_log_id: i64,
     last_item_id: i64,
     last_claim_id: i64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Scope {
     touched_ms: i64,
-    state: HashMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>>,
-    logs: HashMap<(Vec<u8>, Vec<u8>), Vec<Entry>>,
+    state: HashMap<Vec<u8>, OrdMap<Vec<u8>, Val>>,
+    logs: HashMap<(Vec<u8>, Vec<u8>), Log>,
     counters: HashMap<(Vec<u8>, Vec<u8>), i64>,
-    queue: BTreeMap<i64, Item>,
+    queue: OrdMap<i64, Item>,
     /// claim id → item id, for the items currently claimed.
     claims: HashMap<i64, i64>,
-    dead: Vec<DeadLetter>,
+    dead: Vector<DeadLetter>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Item {
-    value: Vec<u8>,
+    value: Val,
     attempts: u32,
     /// Claimed until this time; 0 when never claimed or released.
     visible_at_ms: i64,
     claim: Option<i64>,
+}
+
+/// Puts a snapshot back unless disarmed: `apply_once`'s rollback on error and on panic.
+struct Rollback<'a> {
+    store: &'a Store,
+    snapshot: Option<Inner>,
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        self.store.in_apply_once.set(false);
+        if let (Some(snapshot), Ok(mut data)) =
+            (self.snapshot.take(), self.store.data.try_borrow_mut())
+        {
+            *data = snapshot;
+        }
+    }
 }
 
 impl MemoryStorage {
@@ -71,34 +116,51 @@ impl MemoryStorage {
     pub fn with_options(options: StoreOptions) -> Self {
         MemoryStorage {
             options,
-            inner: Mutex::default(),
-            once: Mutex::default(),
+            inner: ReentrantMutex::default(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave a half-applied operation behind: every
-        // operation validates before it mutates. So a poisoned lock is still consistent.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Runs `f` with the store's data; the lock is reentrant, the borrow is not, and no
+    /// operation calls another while it holds the borrow.
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> Result<T> {
+        let guard: ReentrantMutexGuard<'_, Store> = self.inner.lock();
+        let mut data: RefMut<'_, Inner> =
+            guard.data.try_borrow_mut().map_err(|_| Error::Backend {
+                backend: "memory".into(),
+                message: "an operation re-entered the store while it was in use (a silo bug)"
+                    .into(),
+            })?;
+        Ok(f(&mut data))
     }
 
     /// Runs `f` on the scope's data, creating the scope and marking it written.
-    fn write<T>(&self, scope: &[u8], f: impl FnOnce(&mut Scope, &mut Sequences) -> T) -> T {
-        let mut guard = self.lock();
-        let Inner { scopes, seq } = &mut *guard;
-        if !scopes.contains_key(scope) {
-            scopes.insert(scope.to_vec(), Scope::default());
-        }
-        let data = scopes.get_mut(scope).expect("scope inserted above");
-        data.touched_ms = now_millis();
-        f(data, seq)
+    fn write<T>(&self, scope: &[u8], f: impl FnOnce(&mut Scope, &mut Sequences) -> T) -> Result<T> {
+        self.with(|inner| {
+            let Inner { scopes, seq, .. } = inner;
+            let data = scopes.entry(scope.to_vec()).or_default();
+            data.touched_ms = now_millis();
+            f(data, seq)
+        })
+    }
+
+    /// Runs `f` on the scope's data if the scope exists, marking it written.
+    fn change<T>(
+        &self,
+        scope: &[u8],
+        f: impl FnOnce(&mut Scope, &mut Sequences, i64) -> T,
+    ) -> Result<Option<T>> {
+        self.with(|inner| {
+            let Inner { scopes, seq, .. } = inner;
+            let data = scopes.get_mut(scope)?;
+            let now = now_millis();
+            data.touched_ms = now;
+            Some(f(data, seq, now))
+        })
     }
 
     /// Runs `f` on the scope's data if the scope exists.
-    fn read<T>(&self, scope: &[u8], f: impl FnOnce(&Scope) -> T) -> Option<T> {
-        self.lock().scopes.get(scope).map(f)
+    fn read<T>(&self, scope: &[u8], f: impl FnOnce(&Scope) -> T) -> Result<Option<T>> {
+        self.with(|inner| inner.scopes.get(scope).map(f))
     }
 
     fn check_lease(lease: Duration) -> Result<i64> {
@@ -125,26 +187,28 @@ impl Scope {
             if let Some(claim) = item.claim {
                 self.claims.remove(&claim);
             }
-            self.dead.push(DeadLetter {
-                value: item.value,
+            self.dead.push_back(DeadLetter {
+                value: item.value.to_vec(),
                 attempts: item.attempts,
                 dead_at_ms: now,
             });
         }
     }
 
-    /// The item a live claim refers to.
-    fn live_claim(&mut self, claim_id: i64, now: i64) -> Option<(i64, &mut Item)> {
+    /// The id of the item a live claim refers to.
+    fn live_claim(&self, claim_id: i64, now: i64) -> Option<i64> {
         let item_id = *self.claims.get(&claim_id)?;
-        let item = self.queue.get_mut(&item_id)?;
-        (item.claim == Some(claim_id) && item.visible_at_ms > now).then_some((item_id, item))
+        let item = self.queue.get(&item_id)?;
+        (item.claim == Some(claim_id) && item.visible_at_ms > now).then_some(item_id)
     }
 }
 
 impl FunctionStorage for MemoryStorage {
     fn state_get(&self, scope: &[u8], ns: &[u8], key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self
-            .read(scope, |s| s.state.get(ns).and_then(|m| m.get(key)).cloned())
+            .read(scope, |s| {
+                s.state.get(ns).and_then(|m| m.get(key)).map(|v| v.to_vec())
+            })?
             .flatten())
     }
 
@@ -155,9 +219,8 @@ impl FunctionStorage for MemoryStorage {
             s.state
                 .entry(ns.to_vec())
                 .or_default()
-                .insert(key.to_vec(), value.to_vec());
-        });
-        Ok(())
+                .insert(key.to_vec(), Val::from(value));
+        })
     }
 
     fn state_del(&self, scope: &[u8], ns: &[u8], key: &[u8]) -> Result<bool> {
@@ -173,9 +236,9 @@ impl FunctionStorage for MemoryStorage {
         let found = self.read(scope, |s| {
             let map = s.state.get(ns);
             keys.iter()
-                .map(|k| map.and_then(|m| m.get(k)).cloned())
+                .map(|k| map.and_then(|m| m.get(k)).map(|v| v.to_vec()))
                 .collect()
-        });
+        })?;
         Ok(found.unwrap_or_else(|| vec![None; keys.len()]))
     }
 
@@ -187,10 +250,9 @@ impl FunctionStorage for MemoryStorage {
         self.write(scope, |s, _| {
             let map = s.state.entry(ns.to_vec()).or_default();
             for (key, value) in items {
-                map.insert(key.clone(), value.clone());
+                map.insert(key.clone(), Val::from(&value[..]));
             }
-        });
-        Ok(())
+        })
     }
 
     fn state_scan(
@@ -209,63 +271,63 @@ impl FunctionStorage for MemoryStorage {
             let Some(map) = s.state.get(ns) else {
                 return Vec::new();
             };
-            let iter = map.range::<[u8], _>(range.bounds());
-            let pair = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
+            let iter = map.range::<_, [u8]>(range.bounds());
+            let pair = |(k, v): (&Vec<u8>, &Val)| (k.clone(), v.to_vec());
             if reverse {
                 iter.rev().take(limit).map(pair).collect()
             } else {
                 iter.take(limit).map(pair).collect()
             }
-        });
+        })?;
         Ok(found.unwrap_or_default())
     }
 
     fn state_delete(&self, scope: &[u8], ns: &[u8], selection: &Selection) -> Result<u64> {
-        let mut guard = self.lock();
-        let Some(data) = guard.scopes.get_mut(scope) else {
-            return Ok(0);
-        };
-        data.touched_ms = now_millis();
-        let Some(map) = data.state.get_mut(ns) else {
-            return Ok(0);
-        };
-        let removed = match selection {
-            Selection::Keys(keys) => keys.iter().filter(|k| map.remove(*k).is_some()).count(),
-            Selection::Range(range) => {
-                let before = map.len();
-                map.retain(|k, _| !range.contains(k));
-                before - map.len()
+        let removed = self.change(scope, |s, _, _| {
+            let Some(map) = s.state.get_mut(ns) else {
+                return 0;
+            };
+            match selection {
+                Selection::Keys(keys) => keys.iter().filter(|k| map.remove(*k).is_some()).count(),
+                Selection::Range(range) if range.is_empty() => 0,
+                Selection::Range(range) => {
+                    let doomed: Vec<Vec<u8>> = map
+                        .range::<_, [u8]>(range.bounds())
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in &doomed {
+                        map.remove(k);
+                    }
+                    doomed.len()
+                }
+                Selection::All => std::mem::take(map).len(),
             }
-            Selection::All => std::mem::take(map).len(),
-        };
-        Ok(removed as u64)
+        })?;
+        Ok(removed.unwrap_or(0) as u64)
     }
 
     fn state_drain(&self, scope: &[u8], ns: &[u8]) -> Result<Vec<KeyValue>> {
-        let mut guard = self.lock();
-        let Some(data) = guard.scopes.get_mut(scope) else {
-            return Ok(Vec::new());
-        };
-        data.touched_ms = now_millis();
-        Ok(data
-            .state
-            .remove(ns)
-            .map(|m| m.into_iter().collect())
-            .unwrap_or_default())
+        let drained = self.change(scope, |s, _, _| {
+            s.state
+                .remove(ns)
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.to_vec())).collect())
+                .unwrap_or_default()
+        })?;
+        Ok(drained.unwrap_or_default())
     }
 
     fn append(&self, scope: &[u8], ns: &[u8], key: &[u8], value: &[u8]) -> Result<i64> {
         self.options.check_path(scope, ns, key)?;
         self.options.check_value(value)?;
-        Ok(self.write(scope, |s, seq| {
+        self.write(scope, |s, seq| {
             seq.last_log_id += 1;
             let id = seq.last_log_id;
             s.logs
                 .entry((ns.to_vec(), key.to_vec()))
                 .or_default()
-                .push((id, value.to_vec()));
+                .push_back((id, Val::from(value)));
             id
-        }))
+        })
     }
 
     fn scan(
@@ -281,16 +343,24 @@ impl FunctionStorage for MemoryStorage {
             let Some(log) = s.logs.get(&(ns.to_vec(), key.to_vec())) else {
                 return Vec::new();
             };
-            let start = log.partition_point(|(id, _)| *id <= after_id);
-            log[start..].iter().take(limit).cloned().collect()
-        });
+            // Ids are strictly increasing along the log: the first id above `after_id`.
+            let start = match log.binary_search_by(|(id, _)| id.cmp(&after_id)) {
+                Ok(at) => at + 1,
+                Err(at) => at,
+            };
+            log.iter()
+                .skip(start)
+                .take(limit)
+                .map(|(id, v)| (*id, v.to_vec()))
+                .collect()
+        })?;
         Ok(found.unwrap_or_default())
     }
 
     fn counter_get(&self, scope: &[u8], ns: &[u8], key: &[u8]) -> Result<i64> {
         let found = self.read(scope, |s| {
             s.counters.get(&(ns.to_vec(), key.to_vec())).copied()
-        });
+        })?;
         Ok(found.flatten().unwrap_or(0))
     }
 
@@ -304,28 +374,23 @@ impl FunctionStorage for MemoryStorage {
                 ))
             })?;
             Ok(*slot)
-        })
+        })?
     }
 
     fn counter_set(&self, scope: &[u8], ns: &[u8], key: &[u8], value: i64) -> Result<i64> {
         self.options.check_path(scope, ns, key)?;
-        Ok(self.write(scope, |s, _| {
+        self.write(scope, |s, _| {
             s.counters
                 .insert((ns.to_vec(), key.to_vec()), value)
                 .unwrap_or(0)
-        }))
+        })
     }
 
     fn counter_delete(&self, scope: &[u8], ns: &[u8], key: &[u8]) -> Result<i64> {
-        let mut guard = self.lock();
-        let Some(data) = guard.scopes.get_mut(scope) else {
-            return Ok(0);
-        };
-        data.touched_ms = now_millis();
-        Ok(data
-            .counters
-            .remove(&(ns.to_vec(), key.to_vec()))
-            .unwrap_or(0))
+        let old = self.change(scope, |s, _, _| {
+            s.counters.remove(&(ns.to_vec(), key.to_vec())).unwrap_or(0)
+        })?;
+        Ok(old.unwrap_or(0))
     }
 
     fn queue_push(&self, scope: &[u8], items: &[Vec<u8>]) -> Result<()> {
@@ -339,191 +404,224 @@ impl FunctionStorage for MemoryStorage {
                 s.queue.insert(
                     seq.last_item_id,
                     Item {
-                        value: value.clone(),
+                        value: Val::from(&value[..]),
                         attempts: 0,
                         visible_at_ms: 0,
                         claim: None,
                     },
                 );
             }
-        });
-        Ok(())
+        })
     }
 
     fn queue_pop(&self, scope: &[u8]) -> Result<Option<Vec<u8>>> {
         let max_attempts = self.options.max_attempts;
-        let mut guard = self.lock();
-        let Some(data) = guard.scopes.get_mut(scope) else {
-            return Ok(None);
-        };
-        data.touched_ms = now_millis();
-        let Some(id) = data.next_visible(data.touched_ms, max_attempts) else {
-            return Ok(None);
-        };
-        let item = data.queue.remove(&id);
-        if let Some(claim) = item.as_ref().and_then(|i| i.claim) {
-            data.claims.remove(&claim);
-        }
-        Ok(item.map(|i| i.value))
+        let popped = self.change(scope, |s, _, now| {
+            let id = s.next_visible(now, max_attempts)?;
+            let item = s.queue.remove(&id)?;
+            if let Some(claim) = item.claim {
+                s.claims.remove(&claim);
+            }
+            Some(item.value.to_vec())
+        })?;
+        Ok(popped.flatten())
     }
 
     fn queue_len(&self, scope: &[u8]) -> Result<u64> {
-        Ok(self.read(scope, |s| s.queue.len() as u64).unwrap_or(0))
+        Ok(self.read(scope, |s| s.queue.len() as u64)?.unwrap_or(0))
     }
 
     fn queue_clear(&self, scope: &[u8]) -> Result<u64> {
-        let mut guard = self.lock();
-        let Some(data) = guard.scopes.get_mut(scope) else {
-            return Ok(0);
-        };
-        data.touched_ms = now_millis();
-        let dropped = data.queue.len() + data.dead.len();
-        data.queue.clear();
-        data.claims.clear();
-        data.dead.clear();
-        Ok(dropped as u64)
+        let dropped = self.change(scope, |s, _, _| {
+            let dropped = s.queue.len() + s.dead.len();
+            s.queue = OrdMap::new();
+            s.claims = HashMap::new();
+            s.dead = Vector::new();
+            dropped as u64
+        })?;
+        Ok(dropped.unwrap_or(0))
     }
 
     fn queue_claim(&self, scope: &[u8], lease: Duration) -> Result<Option<Claim>> {
         let lease_ms = Self::check_lease(lease)?;
         let max_attempts = self.options.max_attempts;
-        let mut guard = self.lock();
-        let Inner { scopes, seq } = &mut *guard;
-        let Some(data) = scopes.get_mut(scope) else {
-            return Ok(None);
-        };
-        let now = now_millis();
-        data.touched_ms = now;
-        let Some(id) = data.next_visible(now, max_attempts) else {
-            return Ok(None);
-        };
-        seq.last_claim_id += 1;
-        let claim_id = seq.last_claim_id;
-        let Some(item) = data.queue.get_mut(&id) else {
-            return Ok(None);
-        };
-        let stale = item.claim.replace(claim_id);
-        item.attempts += 1;
-        item.visible_at_ms = now.saturating_add(lease_ms);
-        let claim = Claim {
-            id: claim_id,
-            value: item.value.clone(),
-            attempt: item.attempts,
-        };
-        if let Some(stale) = stale {
-            data.claims.remove(&stale);
-        }
-        data.claims.insert(claim_id, id);
-        Ok(Some(claim))
+        let claim = self.change(scope, |s, seq, now| {
+            let id = s.next_visible(now, max_attempts)?;
+            seq.last_claim_id += 1;
+            let claim_id = seq.last_claim_id;
+            let item = s.queue.get_mut(&id)?;
+            let stale = item.claim.replace(claim_id);
+            item.attempts += 1;
+            item.visible_at_ms = now.saturating_add(lease_ms);
+            let claim = Claim {
+                id: claim_id,
+                value: item.value.to_vec(),
+                attempt: item.attempts,
+            };
+            if let Some(stale) = stale {
+                s.claims.remove(&stale);
+            }
+            s.claims.insert(claim_id, id);
+            Some(claim)
+        })?;
+        Ok(claim.flatten())
     }
 
     fn queue_ack(&self, scope: &[u8], claim_id: i64) -> Result<bool> {
-        let mut guard = self.lock();
-        let Some(data) = guard.scopes.get_mut(scope) else {
-            return Ok(false);
-        };
-        let now = now_millis();
-        let Some((item_id, _)) = data.live_claim(claim_id, now) else {
-            return Ok(false);
-        };
-        data.touched_ms = now;
-        data.queue.remove(&item_id);
-        data.claims.remove(&claim_id);
-        Ok(true)
+        self.with(|inner| {
+            let Some(s) = inner.scopes.get_mut(scope) else {
+                return false;
+            };
+            let now = now_millis();
+            let Some(item_id) = s.live_claim(claim_id, now) else {
+                return false;
+            };
+            s.touched_ms = now;
+            s.queue.remove(&item_id);
+            s.claims.remove(&claim_id);
+            true
+        })
     }
 
     fn queue_release(&self, scope: &[u8], claim_id: i64) -> Result<bool> {
-        let mut guard = self.lock();
-        let Some(data) = guard.scopes.get_mut(scope) else {
-            return Ok(false);
-        };
-        let now = now_millis();
-        let Some((_, item)) = data.live_claim(claim_id, now) else {
-            return Ok(false);
-        };
-        item.visible_at_ms = 0;
-        item.claim = None;
-        data.touched_ms = now;
-        data.claims.remove(&claim_id);
-        Ok(true)
+        self.with(|inner| {
+            let Some(s) = inner.scopes.get_mut(scope) else {
+                return false;
+            };
+            let now = now_millis();
+            let Some(item) = s
+                .live_claim(claim_id, now)
+                .and_then(|id| s.queue.get_mut(&id))
+            else {
+                return false;
+            };
+            item.visible_at_ms = 0;
+            item.claim = None;
+            s.touched_ms = now;
+            s.claims.remove(&claim_id);
+            true
+        })
     }
 
     fn queue_extend(&self, scope: &[u8], claim_id: i64, lease: Duration) -> Result<bool> {
         let lease_ms = Self::check_lease(lease)?;
-        let mut guard = self.lock();
-        let Some(data) = guard.scopes.get_mut(scope) else {
-            return Ok(false);
-        };
-        let now = now_millis();
-        let Some((_, item)) = data.live_claim(claim_id, now) else {
-            return Ok(false);
-        };
-        item.visible_at_ms = now.saturating_add(lease_ms);
-        data.touched_ms = now;
-        Ok(true)
+        self.with(|inner| {
+            let Some(s) = inner.scopes.get_mut(scope) else {
+                return false;
+            };
+            let now = now_millis();
+            let Some(item) = s
+                .live_claim(claim_id, now)
+                .and_then(|id| s.queue.get_mut(&id))
+            else {
+                return false;
+            };
+            item.visible_at_ms = now.saturating_add(lease_ms);
+            s.touched_ms = now;
+            true
+        })
     }
 
     fn queue_dead_letters(&self, scope: &[u8], limit: u64) -> Result<Vec<DeadLetter>> {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         Ok(self
-            .read(scope, |s| s.dead.iter().take(limit).cloned().collect())
+            .read(scope, |s| s.dead.iter().take(limit).cloned().collect())?
             .unwrap_or_default())
     }
 
     fn clear(&self, scope: &[u8]) -> Result<()> {
-        self.lock().scopes.remove(scope);
-        Ok(())
+        self.with(|inner| {
+            inner.scopes.remove(scope);
+        })
     }
 
     fn gc_prefix(&self, scope_prefix: &[u8], ttl: Duration) -> Result<u64> {
         let cutoff = now_millis().saturating_sub(millis(ttl));
-        let mut guard = self.lock();
-        let before = guard.scopes.len();
-        guard
-            .scopes
-            .retain(|name, s| !name.starts_with(scope_prefix) || s.touched_ms >= cutoff);
-        Ok((before - guard.scopes.len()) as u64)
+        self.with(|inner| {
+            let before = inner.scopes.len();
+            inner
+                .scopes
+                .retain(|name, s| !name.starts_with(scope_prefix) || s.touched_ms >= cutoff);
+            (before - inner.scopes.len()) as u64
+        })
     }
 
     fn apply_once(
         &self,
         key: &[u8],
+        fingerprint: &[u8],
         apply: &mut dyn FnMut(&dyn FunctionStorage) -> Result<Vec<u8>>,
     ) -> Result<Vec<u8>> {
-        let mut once = self.once.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((reply, _)) = once.get(key) {
-            return Ok(reply.clone());
+        let guard = self.inner.lock();
+        if guard.in_apply_once.get() {
+            return Err(Error::invalid("apply_once cannot be nested"));
         }
+        let snapshot = {
+            let data = guard.data.try_borrow().map_err(|_| Error::Backend {
+                backend: "memory".into(),
+                message: "apply_once re-entered the store while it was in use (a silo bug)".into(),
+            })?;
+            if let Some(record) = data.once.get(key) {
+                return replay(record, fingerprint);
+            }
+            data.clone()
+        };
+        guard.in_apply_once.set(true);
+        let mut rollback = Rollback {
+            store: &guard,
+            snapshot: Some(snapshot),
+        };
         let reply = apply(self)?;
-        once.insert(key.to_vec(), (reply.clone(), now_millis()));
+        self.with(|inner| {
+            inner.once.insert(
+                key.to_vec(),
+                OnceRecord {
+                    reply: Val::from(&reply[..]),
+                    fingerprint: Val::from(fingerprint),
+                    created_ms: now_millis(),
+                },
+            );
+        })?;
+        rollback.snapshot = None;
+        drop(rollback);
         Ok(reply)
     }
 
     fn expire_once_keys(&self, age: Duration) -> Result<u64> {
         let cutoff = now_millis().saturating_sub(millis(age));
-        let mut once = self.once.lock().unwrap_or_else(|p| p.into_inner());
-        let before = once.len();
-        once.retain(|_, (_, created)| *created >= cutoff);
-        Ok((before - once.len()) as u64)
+        self.with(|inner| {
+            let before = inner.once.len();
+            inner.once.retain(|_, record| record.created_ms >= cutoff);
+            (before - inner.once.len()) as u64
+        })
     }
 
     fn stat(&self) -> Result<StoreStats> {
-        let guard = self.lock();
-        let mut stats = StoreStats {
-            backend: "memory".into(),
-            location: "memory:".into(),
-            max_attempts: self.options.max_attempts,
-            max_value_bytes: self.options.max_value_bytes as u64,
-            scopes: guard.scopes.len() as u64,
-            ..StoreStats::default()
-        };
-        for s in guard.scopes.values() {
-            stats.state_entries += s.state.values().map(|m| m.len() as u64).sum::<u64>();
-            stats.log_entries += s.logs.values().map(|l| l.len() as u64).sum::<u64>();
-            stats.counters += s.counters.len() as u64;
-            stats.queue_items += s.queue.len() as u64;
-            stats.dead_letters += s.dead.len() as u64;
-        }
-        Ok(stats)
+        self.with(|inner| {
+            let mut stats = StoreStats {
+                backend: "memory".into(),
+                location: "memory:".into(),
+                max_attempts: self.options.max_attempts,
+                max_value_bytes: self.options.max_value_bytes as u64,
+                scopes: inner.scopes.len() as u64,
+                ..StoreStats::default()
+            };
+            for s in inner.scopes.values() {
+                stats.state_entries += s.state.values().map(|m| m.len() as u64).sum::<u64>();
+                stats.log_entries += s.logs.values().map(|l| l.len() as u64).sum::<u64>();
+                stats.counters += s.counters.len() as u64;
+                stats.queue_items += s.queue.len() as u64;
+                stats.dead_letters += s.dead.len() as u64;
+            }
+            stats
+        })
     }
+}
+
+/// The stored reply of an `apply_once` key, if the request is the one it answered.
+fn replay(record: &OnceRecord, fingerprint: &[u8]) -> Result<Vec<u8>> {
+    if record.fingerprint.is_empty() || *record.fingerprint == *fingerprint {
+        return Ok(record.reply.to_vec());
+    }
+    Err(crate::storage::key_reused())
 }

@@ -126,9 +126,18 @@ pub fn default_sqlite_path() -> Result<PathBuf> {
 
 /// The URL of the default embedded store.
 pub fn default_url() -> Result<String> {
-    let path = default_sqlite_path()?;
-    let url = Url::from_file_path(&path)
-        .map_err(|()| Error::config(format!("default path {} is not absolute", path.display())))?;
+    sqlite_url(&default_sqlite_path()?)
+}
+
+/// The `sqlite://` URL of a database file, its path percent-escaped, so that a path holding
+/// `%`, `?` or `#` names that file and no other.
+pub fn sqlite_url(path: &std::path::Path) -> Result<String> {
+    let url = Url::from_file_path(path).map_err(|()| {
+        Error::config(format!(
+            "{} is not an absolute path; a sqlite store needs one",
+            path.display()
+        ))
+    })?;
     Ok(format!("sqlite://{}", &url.as_str()["file://".len()..]))
 }
 
@@ -167,7 +176,7 @@ impl EnvConfig {
             None => match var("VGI_WORKER_SHARED_STORAGE").as_deref() {
                 Some("memory") => "memory:".to_string(),
                 None | Some("sqlite") => match var("VGI_STORAGE_DB") {
-                    Some(path) if path.starts_with('/') => format!("sqlite://{path}"),
+                    Some(path) if path.starts_with('/') => sqlite_url(std::path::Path::new(&path))?,
                     Some(path) => {
                         return Err(Error::config(format!(
                             "VGI_STORAGE_DB={path:?} must be an absolute path"
@@ -245,6 +254,12 @@ mod tests {
             ("VGI_STORAGE_DB", "/x/y.db"),
         ]);
         assert_eq!(db.unwrap().url, "sqlite:///x/y.db");
+        // Bytes that mean something in a URL name the file, not a query or fragment.
+        let odd = env(&[("VGI_STORAGE_DB", "/tmp/a%41?b#c.db")]).unwrap();
+        assert_eq!(
+            sqlite_path(&Url::parse(&odd.url).unwrap()).unwrap(),
+            PathBuf::from("/tmp/a%41?b#c.db")
+        );
         let default = env(&[("HOME", "/home/u")]);
         // HOME comes from the real environment in `default_url`, so only the scheme is fixed here.
         assert!(default.unwrap().url.starts_with("sqlite:///"));

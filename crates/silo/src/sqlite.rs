@@ -41,7 +41,7 @@ const MAX_IDLE_READERS: usize = 8;
 const TOUCH_RESOLUTION_MS: i64 = 1000;
 
 /// Schema migrations: entry `n` takes a database from version `n` to `n + 1`.
-const MIGRATIONS: [&str; 2] = [SCHEMA_V1, SCHEMA_V2];
+const MIGRATIONS: [&str; 3] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS scopes (
@@ -93,6 +93,13 @@ CREATE TABLE IF NOT EXISTS idempotency (
     key BLOB PRIMARY KEY, reply BLOB NOT NULL, created_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (created_ms);
+";
+
+/// Version 3: the fingerprint of the request each idempotency key answered, so a key reused
+/// for another request is refused instead of answered with the first one's reply. Rows from
+/// version 2 have an empty fingerprint and replay as before until they expire.
+const SCHEMA_V3: &str = "
+ALTER TABLE idempotency ADD COLUMN fingerprint BLOB NOT NULL DEFAULT x'';
 ";
 
 /// Tables holding a scope's data, for `clear` and `gc`.
@@ -1012,6 +1019,7 @@ impl FunctionStorage for SqliteStorage {
     fn apply_once(
         &self,
         key: &[u8],
+        fingerprint: &[u8],
         apply: &mut dyn FnMut(&dyn FunctionStorage) -> Result<Vec<u8>>,
     ) -> Result<Vec<u8>> {
         let guard = self.writer.lock();
@@ -1030,22 +1038,29 @@ impl FunctionStorage for SqliteStorage {
         }
         // Rolls the transaction back on every exit that did not commit, panics included.
         let open = OpenTransaction::new(&guard);
-        let replay: Option<Vec<u8>> = guard
+        let replay: Option<(Vec<u8>, Vec<u8>)> = guard
             .conn
             .borrow()
-            .prepare_cached("SELECT reply FROM idempotency WHERE key = ?1")
-            .and_then(|mut stmt| stmt.query_row(params![key], |row| row.get(0)).optional())
+            .prepare_cached("SELECT reply, fingerprint FROM idempotency WHERE key = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![key], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()
+            })
             .map_err(map)?;
-        if let Some(reply) = replay {
-            return Ok(reply);
+        if let Some((reply, stored)) = replay {
+            if stored.is_empty() || stored == fingerprint {
+                return Ok(reply);
+            }
+            return Err(crate::storage::key_reused());
         }
         let reply = apply(self)?;
         {
             let conn = guard.conn.borrow();
             conn.prepare_cached(
-                "INSERT INTO idempotency (key, reply, created_ms) VALUES (?1, ?2, ?3)",
+                "INSERT INTO idempotency (key, reply, created_ms, fingerprint)
+                 VALUES (?1, ?2, ?3, ?4)",
             )
-            .and_then(|mut stmt| stmt.execute(params![key, reply, now_millis()]))
+            .and_then(|mut stmt| stmt.execute(params![key, reply, now_millis(), fingerprint]))
             .and_then(|_| conn.execute_batch("COMMIT"))
             .map_err(map)?;
         }

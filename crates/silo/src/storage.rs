@@ -85,14 +85,65 @@ fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// The most elements one list in a request may hold (queue items, keys, pairs). Checked
+/// while decoding, before anything is allocated for them, so a small body cannot expand
+/// into millions of empty values.
+pub const MAX_LIST_LEN: usize = 1 << 20;
+
+/// Deserializes a sequence of at most [`MAX_LIST_LEN`] elements.
+pub(crate) fn bounded_list<'de, D, T>(d: D) -> std::result::Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Visit<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a list of at most {MAX_LIST_LEN} elements")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> std::result::Result<Vec<T>, A::Error> {
+            let len = seq.size_hint().unwrap_or(0);
+            if len > MAX_LIST_LEN {
+                return Err(serde::de::Error::custom(format!(
+                    "a list of {len} elements, over the limit of {MAX_LIST_LEN}; split the request"
+                )));
+            }
+            // Capped: the length prefix may lie; the body's size bounds the rest.
+            let mut out = Vec::with_capacity(len.min(1 << 12));
+            while let Some(item) = seq.next_element()? {
+                if out.len() == MAX_LIST_LEN {
+                    return Err(serde::de::Error::custom("a list longer than its length"));
+                }
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Visit(std::marker::PhantomData))
+}
+
+/// The error for an idempotency key presented again with a different request.
+pub(crate) fn key_reused() -> crate::Error {
+    crate::Error::Conflict {
+        message: "this idempotency key was already used for a different request; \
+                  send each new request with a new key"
+            .into(),
+    }
+}
+
 /// Which state entries `state_delete` removes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Selection {
     /// These keys (missing ones are ignored).
-    Keys(Vec<Vec<u8>>),
+    Keys(#[serde(deserialize_with = "bounded_list")] Vec<Vec<u8>>),
     /// Every key inside the range.
     Range(KeyRange),
     /// The whole namespace.
+    #[default]
     All,
 }
 
@@ -287,16 +338,20 @@ pub trait FunctionStorage: Send + Sync + fmt::Debug {
     fn gc_prefix(&self, scope_prefix: &[u8], ttl: Duration) -> Result<u64>;
 
     /// Runs `apply` (one operation on this store) at most once per `key`: the first call
-    /// stores `apply`'s reply in the same transaction as its effect; later calls with the
-    /// same key return that reply without applying anything. A failed `apply` stores nothing.
-    /// `apply` must run its operations on the store it is given, on the calling thread.
-    /// Backends that cannot do this return [`Error::Unsupported`](crate::Error::Unsupported).
+    /// stores `apply`'s reply, with `fingerprint` (a digest of the request), in the same
+    /// transaction as its effect; a later call with the same key and fingerprint returns
+    /// that reply without applying anything, and one with another fingerprint fails with
+    /// [`Error::Conflict`](crate::Error::Conflict). A failed or panicking `apply` stores
+    /// nothing and leaves no effect. `apply` must run its operations on the store it is
+    /// given, on the calling thread. Backends that cannot do this return
+    /// [`Error::Unsupported`](crate::Error::Unsupported).
     fn apply_once(
         &self,
         key: &[u8],
+        fingerprint: &[u8],
         apply: &mut dyn FnMut(&dyn FunctionStorage) -> Result<Vec<u8>>,
     ) -> Result<Vec<u8>> {
-        let _ = (key, apply);
+        let _ = (key, fingerprint, apply);
         Err(crate::Error::unsupported("apply_once", "this backend"))
     }
 

@@ -42,145 +42,161 @@ pub struct StorageRequest {
     pub op: StorageOp,
 }
 
-/// Every operation. The order of variants is the wire format: append only.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum StorageOp {
+/// What an operation does to the store, which decides how it may be retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpClass {
+    /// Changes nothing: a client may send it again after any failure.
+    Read,
+    /// Changes the store: silo's client sends it with an idempotency key, so that a retry
+    /// after a lost reply is answered from the server's record instead of applied twice.
+    Write,
+}
+
+/// One row of the operation table: everything the client, server and tests need to know
+/// about an operation besides its fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpInfo {
+    /// The variant index: the operation's number on the wire.
+    pub index: usize,
+    /// The variant name (metrics, `GET /v1/info`, logs).
+    pub name: &'static str,
+    /// The name of the [`StorageReply`] variant a success is answered with.
+    pub reply: &'static str,
+    /// Read or write.
+    pub class: OpClass,
+    /// True when the operation names a scope (its first field), which a tenant's prefix
+    /// fences; false for store-wide operations.
+    pub scoped: bool,
+}
+
+/// Defines [`StorageOp`], the operation table [`OPS`] and [`OP_NAMES`] from one list, so the
+/// wire layout, names, reply shapes and retry classes cannot drift apart. A scoped operation
+/// is written `Name [scope] { fields }`: its first field is the scope.
+macro_rules! operations {
+    ($(
+        $(#[$doc:meta])*
+        $index:literal $name:ident [$($scope:ident)?] { $($field:ident : $ty:ty),* $(,)? }
+            -> $reply:ident, $class:ident;
+    )*) => {
+        /// Every operation. The order of variants is the wire format: append only.
+        #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum StorageOp {
+            $( $(#[$doc])* $name { $($scope: Bytes,)? $($field: $ty,)* }, )*
+        }
+
+        /// The operation table, in wire order.
+        pub const OPS: &[OpInfo] = &[$(
+            OpInfo {
+                index: $index,
+                name: stringify!($name),
+                reply: stringify!($reply),
+                class: OpClass::$class,
+                scoped: operations!(@present $($scope)?),
+            },
+        )*];
+
+        /// Names of the operations, in wire order (for metrics and `GET /v1/info`).
+        pub const OP_NAMES: &[&str] = &[$(stringify!($name)),*];
+
+        impl StorageOp {
+            /// The variant index (its number on the wire).
+            pub fn index(&self) -> usize {
+                match self { $( StorageOp::$name { .. } => $index, )* }
+            }
+
+            /// The scope the operation names, if it names one.
+            pub fn scope(&self) -> Option<&[u8]> {
+                match self {
+                    $( StorageOp::$name { $($scope,)? .. } => operations!(@scope $($scope)?), )*
+                }
+            }
+
+            fn scope_mut(&mut self) -> Option<&mut Bytes> {
+                match self {
+                    $( StorageOp::$name { $($scope,)? .. } => operations!(@scope_mut $($scope)?), )*
+                }
+            }
+
+            /// One instance of every operation, in wire order, with every field at its default
+            /// (empty names, zero numbers): for tests that must cover the whole table.
+            pub fn examples() -> Vec<StorageOp> {
+                vec![$(
+                    StorageOp::$name { $($scope: Bytes::default(),)? $($field: Default::default(),)* },
+                )*]
+            }
+        }
+    };
+    (@present $scope:ident) => { true };
+    (@present) => { false };
+    (@scope $scope:ident) => { Some(&$scope.0[..]) };
+    (@scope) => { None };
+    (@scope_mut $scope:ident) => { Some($scope) };
+    (@scope_mut) => { None };
+}
+
+operations! {
     // ---- 0..=8: the `vgi` crate's operations ----
-    KvGet {
-        scope: Bytes,
-        key: Bytes,
-    },
-    KvPut {
-        scope: Bytes,
-        key: Bytes,
-        value: Bytes,
-    },
-    KvDel {
-        scope: Bytes,
-        key: Bytes,
-    },
-    Append {
-        scope: Bytes,
-        ns: Bytes,
-        key: Bytes,
-        value: Bytes,
-    },
-    Scan {
-        scope: Bytes,
-        ns: Bytes,
-        key: Bytes,
-        after_id: i64,
-        limit: u64,
-    },
-    QueuePush {
-        scope: Bytes,
-        items: Vec<Bytes>,
-    },
-    QueuePop {
-        scope: Bytes,
-    },
-    Clear {
-        scope: Bytes,
-    },
-    Gc {
-        ttl_secs: u64,
-    },
+    0 KvGet [scope] { key: Bytes } -> MaybeBytes, Read;
+    1 KvPut [scope] { key: Bytes, value: Bytes } -> Unit, Write;
+    2 KvDel [scope] { key: Bytes } -> Unit, Write;
+    3 Append [scope] { ns: Bytes, key: Bytes, value: Bytes } -> Id, Write;
+    4 Scan [scope] { ns: Bytes, key: Bytes, after_id: i64, limit: u64 } -> Entries, Read;
+    5 QueuePush [scope] { items: List<Bytes> } -> Unit, Write;
+    6 QueuePop [scope] {} -> MaybeBytes, Write;
+    7 Clear [scope] {} -> Unit, Write;
+    /// Sweeps every scope (of the caller's tenant) untouched for `ttl_secs`; answers `Unit`
+    /// because that is what the `vgi` client decodes. silo's client uses `Sweep`.
+    8 Gc [] { ttl_secs: u64 } -> Unit, Write;
     // ---- 9..: silo's extensions ----
-    StateGet {
-        scope: Bytes,
-        ns: Bytes,
-        key: Bytes,
-    },
-    StatePut {
-        scope: Bytes,
-        ns: Bytes,
-        key: Bytes,
-        value: Bytes,
-    },
-    StateDel {
-        scope: Bytes,
-        ns: Bytes,
-        key: Bytes,
-    },
-    StateGetMany {
-        scope: Bytes,
-        ns: Bytes,
-        keys: Vec<Bytes>,
-    },
-    StatePutMany {
-        scope: Bytes,
-        ns: Bytes,
-        items: Vec<(Bytes, Bytes)>,
-    },
-    StateScan {
-        scope: Bytes,
-        ns: Bytes,
-        range: KeyRange,
-        reverse: bool,
-        limit: u64,
-    },
-    StateDelete {
-        scope: Bytes,
-        ns: Bytes,
-        selection: Selection,
-    },
-    StateDrain {
-        scope: Bytes,
-        ns: Bytes,
-    },
-    CounterGet {
-        scope: Bytes,
-        ns: Bytes,
-        key: Bytes,
-    },
-    CounterAdd {
-        scope: Bytes,
-        ns: Bytes,
-        key: Bytes,
-        delta: i64,
-    },
-    CounterSet {
-        scope: Bytes,
-        ns: Bytes,
-        key: Bytes,
-        value: i64,
-    },
-    CounterDelete {
-        scope: Bytes,
-        ns: Bytes,
-        key: Bytes,
-    },
-    QueueLen {
-        scope: Bytes,
-    },
-    QueueClear {
-        scope: Bytes,
-    },
-    QueueClaim {
-        scope: Bytes,
-        lease_ms: u64,
-    },
-    QueueAck {
-        scope: Bytes,
-        claim_id: i64,
-    },
-    QueueRelease {
-        scope: Bytes,
-        claim_id: i64,
-    },
-    QueueExtend {
-        scope: Bytes,
-        claim_id: i64,
-        lease_ms: u64,
-    },
-    QueueDeadLetters {
-        scope: Bytes,
-        limit: u64,
-    },
-    Sweep {
-        ttl_ms: u64,
-    },
-    Stat,
+    9 StateGet [scope] { ns: Bytes, key: Bytes } -> MaybeBytes, Read;
+    10 StatePut [scope] { ns: Bytes, key: Bytes, value: Bytes } -> Unit, Write;
+    11 StateDel [scope] { ns: Bytes, key: Bytes } -> Bool, Write;
+    12 StateGetMany [scope] { ns: Bytes, keys: List<Bytes> } -> MaybeBytesList, Read;
+    13 StatePutMany [scope] { ns: Bytes, items: List<(Bytes, Bytes)> } -> Unit, Write;
+    14 StateScan [scope] { ns: Bytes, range: KeyRange, reverse: bool, limit: u64 } -> Pairs, Read;
+    15 StateDelete [scope] { ns: Bytes, selection: Selection } -> Count, Write;
+    16 StateDrain [scope] { ns: Bytes } -> Pairs, Write;
+    17 CounterGet [scope] { ns: Bytes, key: Bytes } -> Int, Read;
+    18 CounterAdd [scope] { ns: Bytes, key: Bytes, delta: i64 } -> Int, Write;
+    19 CounterSet [scope] { ns: Bytes, key: Bytes, value: i64 } -> Int, Write;
+    20 CounterDelete [scope] { ns: Bytes, key: Bytes } -> Int, Write;
+    21 QueueLen [scope] {} -> Count, Read;
+    22 QueueClear [scope] {} -> Count, Write;
+    23 QueueClaim [scope] { lease_ms: u64 } -> MaybeClaim, Write;
+    24 QueueAck [scope] { claim_id: i64 } -> Bool, Write;
+    25 QueueRelease [scope] { claim_id: i64 } -> Bool, Write;
+    26 QueueExtend [scope] { claim_id: i64, lease_ms: u64 } -> Bool, Write;
+    27 QueueDeadLetters [scope] { limit: u64 } -> DeadLetters, Read;
+    /// `Gc` that answers how many scopes it dropped.
+    28 Sweep [] { ttl_ms: u64 } -> Count, Write;
+    /// Store-wide counts; refused to tenants.
+    29 Stat [] {} -> Stats, Read;
+}
+
+pub use crate::storage::MAX_LIST_LEN;
+
+/// A list on the wire (`u64` length, then the elements), refused while decoding when it is
+/// longer than [`MAX_LIST_LEN`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct List<T>(pub Vec<T>);
+
+impl<T> From<Vec<T>> for List<T> {
+    fn from(v: Vec<T>) -> Self {
+        List(v)
+    }
+}
+
+impl<T> FromIterator<T> for List<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        List(iter.into_iter().collect())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for List<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        crate::storage::bounded_list(d).map(List)
+    }
 }
 
 /// Every reply. The order of variants is the wire format: append only.
@@ -202,141 +218,27 @@ pub enum StorageReply {
     Stats(StoreStats),
 }
 
-/// Names of the operations, in variant order (for metrics and `GET /v1/info`).
-pub const OP_NAMES: [&str; 30] = [
-    "KvGet",
-    "KvPut",
-    "KvDel",
-    "Append",
-    "Scan",
-    "QueuePush",
-    "QueuePop",
-    "Clear",
-    "Gc",
-    "StateGet",
-    "StatePut",
-    "StateDel",
-    "StateGetMany",
-    "StatePutMany",
-    "StateScan",
-    "StateDelete",
-    "StateDrain",
-    "CounterGet",
-    "CounterAdd",
-    "CounterSet",
-    "CounterDelete",
-    "QueueLen",
-    "QueueClear",
-    "QueueClaim",
-    "QueueAck",
-    "QueueRelease",
-    "QueueExtend",
-    "QueueDeadLetters",
-    "Sweep",
-    "Stat",
-];
-
 impl StorageOp {
-    /// The variant index (its number on the wire).
-    pub fn index(&self) -> usize {
-        use StorageOp::*;
-        match self {
-            KvGet { .. } => 0,
-            KvPut { .. } => 1,
-            KvDel { .. } => 2,
-            Append { .. } => 3,
-            Scan { .. } => 4,
-            QueuePush { .. } => 5,
-            QueuePop { .. } => 6,
-            Clear { .. } => 7,
-            Gc { .. } => 8,
-            StateGet { .. } => 9,
-            StatePut { .. } => 10,
-            StateDel { .. } => 11,
-            StateGetMany { .. } => 12,
-            StatePutMany { .. } => 13,
-            StateScan { .. } => 14,
-            StateDelete { .. } => 15,
-            StateDrain { .. } => 16,
-            CounterGet { .. } => 17,
-            CounterAdd { .. } => 18,
-            CounterSet { .. } => 19,
-            CounterDelete { .. } => 20,
-            QueueLen { .. } => 21,
-            QueueClear { .. } => 22,
-            QueueClaim { .. } => 23,
-            QueueAck { .. } => 24,
-            QueueRelease { .. } => 25,
-            QueueExtend { .. } => 26,
-            QueueDeadLetters { .. } => 27,
-            Sweep { .. } => 28,
-            Stat => 29,
-        }
+    /// The operation's row of [`OPS`].
+    pub fn info(&self) -> &'static OpInfo {
+        &OPS[self.index()]
     }
 
     /// The operation's name.
     pub fn name(&self) -> &'static str {
-        OP_NAMES[self.index()]
+        self.info().name
     }
 
-    /// True when applying the operation twice could change its effect or its reply, so a
-    /// retry must carry an idempotency key.
-    pub fn needs_idempotency_key(&self) -> bool {
-        use StorageOp::*;
-        !matches!(
-            self,
-            KvGet { .. }
-                | KvPut { .. }
-                | KvDel { .. }
-                | Scan { .. }
-                | Clear { .. }
-                | Gc { .. }
-                | StateGet { .. }
-                | StatePut { .. }
-                | StateGetMany { .. }
-                | StatePutMany { .. }
-                | StateScan { .. }
-                | CounterGet { .. }
-                | QueueLen { .. }
-                | QueueDeadLetters { .. }
-                | Stat
-        )
+    /// True when the operation changes the store (see [`OpClass`]).
+    pub fn is_write(&self) -> bool {
+        self.info().class == OpClass::Write
     }
 
-    /// Prefixes every scope the operation names with `prefix` (a server's tenant).
+    /// Prefixes the scope the operation names with `prefix` (a server's tenant).
     fn prefix_scope(&mut self, prefix: &[u8]) {
-        use StorageOp::*;
-        let scope = match self {
-            KvGet { scope, .. }
-            | KvPut { scope, .. }
-            | KvDel { scope, .. }
-            | Append { scope, .. }
-            | Scan { scope, .. }
-            | QueuePush { scope, .. }
-            | QueuePop { scope }
-            | Clear { scope }
-            | StateGet { scope, .. }
-            | StatePut { scope, .. }
-            | StateDel { scope, .. }
-            | StateGetMany { scope, .. }
-            | StatePutMany { scope, .. }
-            | StateScan { scope, .. }
-            | StateDelete { scope, .. }
-            | StateDrain { scope, .. }
-            | CounterGet { scope, .. }
-            | CounterAdd { scope, .. }
-            | CounterSet { scope, .. }
-            | CounterDelete { scope, .. }
-            | QueueLen { scope }
-            | QueueClear { scope }
-            | QueueClaim { scope, .. }
-            | QueueAck { scope, .. }
-            | QueueRelease { scope, .. }
-            | QueueExtend { scope, .. }
-            | QueueDeadLetters { scope, .. } => scope,
-            Gc { .. } | Sweep { .. } | Stat => return,
-        };
-        scope.0.splice(0..0, prefix.iter().copied());
+        if let Some(scope) = self.scope_mut() {
+            scope.0.splice(0..0, prefix.iter().copied());
+        }
     }
 }
 
@@ -347,6 +249,7 @@ pub enum ErrorKind {
     Config,
     Unauthorized,
     Unavailable,
+    Conflict,
     Unsupported,
     Corrupt,
     StorageFull,
@@ -355,8 +258,9 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    const ALL: [ErrorKind; 9] = [
+    const ALL: [ErrorKind; 10] = [
         ErrorKind::InvalidInput,
+        ErrorKind::Conflict,
         ErrorKind::Config,
         ErrorKind::Unauthorized,
         ErrorKind::Unavailable,
@@ -374,6 +278,7 @@ impl ErrorKind {
             Error::Config { .. } => ErrorKind::Config,
             Error::Unauthorized { .. } => ErrorKind::Unauthorized,
             Error::Unavailable { .. } => ErrorKind::Unavailable,
+            Error::Conflict { .. } => ErrorKind::Conflict,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::Corrupt { .. } => ErrorKind::Corrupt,
             Error::StorageFull { .. } => ErrorKind::StorageFull,
@@ -389,6 +294,7 @@ impl ErrorKind {
             ErrorKind::Config => "config",
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Conflict => "conflict",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Corrupt => "corrupt",
             ErrorKind::StorageFull => "storage_full",
@@ -407,6 +313,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidInput | ErrorKind::Config => 400,
             ErrorKind::Unauthorized => 401,
+            ErrorKind::Conflict => 409,
             ErrorKind::Unsupported => 501,
             ErrorKind::Unavailable => 503,
             ErrorKind::StorageFull => 507,
@@ -421,6 +328,7 @@ impl ErrorKind {
             ErrorKind::Config => Error::Config { message },
             ErrorKind::Unauthorized => Error::Unauthorized { message },
             ErrorKind::Unavailable => Error::Unavailable { message },
+            ErrorKind::Conflict => Error::Conflict { message },
             ErrorKind::Unsupported => Error::Unsupported {
                 op: message,
                 backend: "the server".into(),
@@ -482,7 +390,7 @@ pub fn apply(
     use StorageOp as Op;
     use StorageReply as Reply;
     if !scope_prefix.is_empty() {
-        if matches!(op, Op::Stat) {
+        if matches!(op, Op::Stat {}) {
             return Err(Error::Unauthorized {
                 message: "Stat covers every tenant; it needs the server's admin token".into(),
             });
@@ -519,7 +427,7 @@ pub fn apply(
                 .collect(),
         ),
         Op::QueuePush { scope, items } => {
-            store.queue_push(&scope.0, &bytes_list(items))?;
+            store.queue_push(&scope.0, &bytes_list(items.0))?;
             Reply::Unit
         }
         Op::QueuePop { scope } => Reply::MaybeBytes(store.queue_pop(&scope.0)?.map(Bytes)),
@@ -546,13 +454,13 @@ pub fn apply(
         Op::StateDel { scope, ns, key } => Reply::Bool(store.state_del(&scope.0, &ns.0, &key.0)?),
         Op::StateGetMany { scope, ns, keys } => Reply::MaybeBytesList(
             store
-                .state_get_many(&scope.0, &ns.0, &bytes_list(keys))?
+                .state_get_many(&scope.0, &ns.0, &bytes_list(keys.0))?
                 .into_iter()
                 .map(|v| v.map(Bytes))
                 .collect(),
         ),
         Op::StatePutMany { scope, ns, items } => {
-            let items: Vec<KeyValue> = items.into_iter().map(|(k, v)| (k.0, v.0)).collect();
+            let items: Vec<KeyValue> = items.0.into_iter().map(|(k, v)| (k.0, v.0)).collect();
             store.state_put_many(&scope.0, &ns.0, &items)?;
             Reply::Unit
         }
@@ -613,7 +521,7 @@ pub fn apply(
         Op::Sweep { ttl_ms } => {
             Reply::Count(store.gc_prefix(scope_prefix, Duration::from_millis(ttl_ms))?)
         }
-        Op::Stat => Reply::Stats(store.stat()?),
+        Op::Stat {} => Reply::Stats(store.stat()?),
     })
 }
 
@@ -672,7 +580,7 @@ mod tests {
 
         let push = StorageOp::QueuePush {
             scope: b(b"q"),
-            items: vec![b(b"x"), b(b"")],
+            items: List(vec![b(b"x"), b(b"")]),
         };
         let mut want = 5u32.to_le_bytes().to_vec();
         want.extend(1u64.to_le_bytes());
@@ -718,31 +626,88 @@ mod tests {
         );
     }
 
+    /// The name of a reply's variant, from its `Debug` form.
+    fn reply_name(reply: &StorageReply) -> String {
+        let debug = format!("{reply:?}");
+        debug.split(['(', ' ', '{']).next().unwrap().to_string()
+    }
+
     #[test]
-    fn every_op_name_matches_its_index() {
-        let ops = [
-            StorageOp::KvGet {
-                scope: b(b""),
-                key: b(b""),
-            },
-            StorageOp::Gc { ttl_secs: 0 },
-            StorageOp::StateGet {
-                scope: b(b""),
-                ns: b(b""),
-                key: b(b""),
-            },
-            StorageOp::Sweep { ttl_ms: 0 },
-            StorageOp::Stat,
-        ];
-        for op in ops {
-            let bytes = encode(&op).unwrap();
-            let index = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
-            assert_eq!(index, op.index());
+    fn the_table_is_in_wire_order_and_complete() {
+        let examples = StorageOp::examples();
+        assert_eq!(examples.len(), OPS.len());
+        assert_eq!(OP_NAMES.len(), OPS.len());
+        for (i, (op, info)) in examples.iter().zip(OPS).enumerate() {
+            assert_eq!(info.index, i, "{} is out of order in the table", info.name);
+            assert_eq!(op.index(), i);
+            assert_eq!(op.info(), info);
+            assert_eq!(OP_NAMES[i], info.name);
+            let bytes = encode(op).unwrap();
+            let on_wire = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+            assert_eq!(on_wire, i, "{} is variant {on_wire} on the wire", info.name);
             assert_eq!(
-                op.name(),
+                info.name,
                 format!("{op:?}").split([' ', '{']).next().unwrap()
             );
+            assert_eq!(info.scoped, op.scope().is_some(), "{}", info.name);
         }
+    }
+
+    /// Every operation goes through encode → decode → apply on the local backends and is
+    /// answered with the reply its table row names.
+    #[test]
+    fn every_op_roundtrips_and_applies_on_every_local_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stores: Vec<Box<dyn FunctionStorage>> = vec![Box::new(crate::MemoryStorage::new())];
+        #[cfg(feature = "sqlite")]
+        stores.push(Box::new(
+            crate::SqliteStorage::open(dir.path().join("s.db"), Default::default()).unwrap(),
+        ));
+        for store in &stores {
+            for mut op in StorageOp::examples() {
+                if let Some(scope) = op.scope_mut() {
+                    *scope = b(b"roundtrip");
+                }
+                if let StorageOp::QueueClaim { lease_ms, .. }
+                | StorageOp::QueueExtend { lease_ms, .. } = &mut op
+                {
+                    *lease_ms = 1000;
+                }
+                for key in [None, Some("k".to_string())] {
+                    let request = StorageRequest {
+                        idempotency_key: key,
+                        op: op.clone(),
+                    };
+                    let bytes = encode(&request).unwrap();
+                    let back: StorageRequest = decode(&bytes).unwrap();
+                    assert_eq!(back, request, "{} round-trips", op.name());
+                }
+                let reply = apply(&**store, b"", op.clone())
+                    .unwrap_or_else(|e| panic!("{} on {store:?}: {e}", op.name()));
+                assert_eq!(reply_name(&reply), op.info().reply, "{}", op.name());
+                let reply_bytes = encode(&reply).unwrap();
+                assert_eq!(decode::<StorageReply>(&reply_bytes).unwrap(), reply);
+            }
+        }
+    }
+
+    #[test]
+    fn lists_longer_than_the_limit_are_refused_before_allocation() {
+        let mut body = vec![0u8]; // no idempotency key
+        body.extend(5u32.to_le_bytes()); // QueuePush
+        body.extend(1u64.to_le_bytes());
+        body.push(b'q');
+        body.extend((MAX_LIST_LEN as u64 + 1).to_le_bytes());
+        let err = decode::<StorageRequest>(&body).unwrap_err();
+        assert!(err.to_string().contains("over the limit"), "{err}");
+        let mut body = vec![0u8];
+        body.extend(15u32.to_le_bytes()); // StateDelete
+        body.extend(0u64.to_le_bytes());
+        body.extend(0u64.to_le_bytes());
+        body.extend(0u32.to_le_bytes()); // Selection::Keys
+        body.extend((MAX_LIST_LEN as u64 + 1).to_le_bytes());
+        let err = decode::<StorageRequest>(&body).unwrap_err();
+        assert!(err.to_string().contains("over the limit"), "{err}");
     }
 
     #[test]
@@ -759,7 +724,7 @@ mod tests {
         assert!(decode::<StorageRequest>(&huge).is_err());
         let mut trailing = encode(&StorageRequest {
             idempotency_key: None,
-            op: StorageOp::Stat,
+            op: StorageOp::Stat {},
         })
         .unwrap();
         trailing.push(0);
@@ -792,7 +757,7 @@ mod tests {
             StorageReply::MaybeBytes(None)
         );
         assert!(matches!(
-            apply(&store, b"tenant:a\0", StorageOp::Stat),
+            apply(&store, b"tenant:a\0", StorageOp::Stat {}),
             Err(Error::Unauthorized { .. })
         ));
         store.kv_put(b"other", b"k", b"v").unwrap();

@@ -824,32 +824,69 @@ pub fn gc_prefix_sweeps_only_its_prefix(s: &dyn FunctionStorage) {
     assert_eq!(s.gc_prefix(b"\xff\xff", Duration::ZERO).unwrap(), 0);
 }
 
-/// `apply_once` applies an operation once per key and replays its reply; a failed apply
-/// stores nothing; concurrent calls with one key apply once; expired keys are forgotten.
-/// (Only for backends that serve as a server's store: memory, sqlite, postgres.)
+/// `apply_once` applies an operation once per key and replays its reply; the same key with
+/// another request's fingerprint is a `Conflict`; a failed or panicking apply leaves no
+/// effect and is not remembered; concurrent calls with one key apply once; expired keys are
+/// forgotten. (Only for backends that serve as a server's store: memory, sqlite, postgres.)
 pub fn apply_once_applies_once(s: &dyn FunctionStorage) {
     let sc = b"once";
+    let fp = b"fingerprint-of-push";
     let mut push = |st: &dyn FunctionStorage| {
         st.queue_push(sc, &[v("item")])?;
         Ok(st.queue_len(sc)?.to_le_bytes().to_vec())
     };
-    let first = s.apply_once(b"key-1", &mut push).unwrap();
-    let again = s.apply_once(b"key-1", &mut push).unwrap();
+    let first = s.apply_once(b"key-1", fp, &mut push).unwrap();
+    let again = s.apply_once(b"key-1", fp, &mut push).unwrap();
     assert_eq!(first, again, "a retry gets the original reply");
     assert_eq!(s.queue_len(sc).unwrap(), 1, "the retry applied nothing");
+    let reused = s.apply_once(b"key-1", b"another request", &mut push);
+    assert!(
+        matches!(reused, Err(Error::Conflict { .. })),
+        "a key reused for another request is a conflict: {reused:?}"
+    );
+    assert_eq!(s.queue_len(sc).unwrap(), 1, "the conflict applied nothing");
     assert_eq!(
-        s.apply_once(b"key-2", &mut push).unwrap(),
+        s.apply_once(b"key-2", fp, &mut push).unwrap(),
         2u64.to_le_bytes().to_vec()
     );
 
-    let mut failing =
-        |_: &dyn FunctionStorage| -> crate::Result<Vec<u8>> { Err(Error::invalid("no")) };
-    assert!(s.apply_once(b"key-3", &mut failing).is_err());
+    // A failure after the effect's writes: every write of it is undone.
+    let mut half_done = |st: &dyn FunctionStorage| -> crate::Result<Vec<u8>> {
+        st.queue_push(sc, &[v("ghost")])?;
+        st.kv_put(b"once-other", b"k", b"ghost")?;
+        st.counter_add(sc, b"", b"ghost", 5)?;
+        Err(Error::invalid("failed after writing"))
+    };
+    assert!(s.apply_once(b"key-3", fp, &mut half_done).is_err());
     assert_eq!(
-        s.apply_once(b"key-3", &mut push).unwrap(),
+        s.queue_len(sc).unwrap(),
+        2,
+        "a failed apply's push rolled back"
+    );
+    assert_eq!(s.kv_get(b"once-other", b"k").unwrap(), None, "its put too");
+    assert_eq!(s.counter_get(sc, b"", b"ghost").unwrap(), 0, "its add too");
+    assert_eq!(
+        s.apply_once(b"key-3", fp, &mut push).unwrap(),
         3u64.to_le_bytes().to_vec(),
         "a failure is not remembered"
     );
+
+    // A panic in the middle of the effect: undone as well, and the store stays usable.
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut boom = |st: &dyn FunctionStorage| -> crate::Result<Vec<u8>> {
+            st.kv_put(sc, b"boom", b"v")?;
+            panic!("a bug in the effect");
+        };
+        let _ = s.apply_once(b"key-4", fp, &mut boom);
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(
+        s.kv_get(sc, b"boom").unwrap(),
+        None,
+        "the panicking apply rolled back"
+    );
+    s.kv_put(sc, b"after", b"ok").unwrap();
+    assert_eq!(s.kv_get(sc, b"after").unwrap(), Some(v("ok")));
 
     std::thread::scope(|t| {
         for _ in 0..4 {
@@ -857,7 +894,7 @@ pub fn apply_once_applies_once(s: &dyn FunctionStorage) {
                 let mut add = |st: &dyn FunctionStorage| {
                     Ok(st.counter_add(sc, b"", b"c", 1)?.to_le_bytes().to_vec())
                 };
-                s.apply_once(b"key-concurrent", &mut add).unwrap()
+                s.apply_once(b"key-concurrent", fp, &mut add).unwrap()
             });
         }
     });
@@ -869,7 +906,7 @@ pub fn apply_once_applies_once(s: &dyn FunctionStorage) {
 
     std::thread::sleep(Duration::from_millis(50));
     assert!(s.expire_once_keys(Duration::from_millis(10)).unwrap() >= 4);
-    s.apply_once(b"key-1", &mut push).unwrap();
+    s.apply_once(b"key-1", fp, &mut push).unwrap();
     assert_eq!(s.queue_len(sc).unwrap(), 4, "an expired key applies again");
 }
 
