@@ -432,3 +432,242 @@ fn an_unreachable_server_is_unavailable_after_bounded_retries() {
     assert!(err.to_string().contains("3 attempts"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+/// Sends `call` through the proxy with its first reply swallowed; while the client's retry is
+/// held back, `interfere` changes the store directly (as another worker would). Returns what
+/// the retried call returned.
+fn with_lost_reply<T: Send + 'static>(
+    proxy: &LossyProxy,
+    call: impl FnOnce() -> T + Send + 'static,
+    interfere: impl FnOnce(),
+) -> T {
+    let before = proxy.dropped.load(Ordering::SeqCst);
+    proxy.drops.store(1, Ordering::SeqCst);
+    proxy.paused.store(true, Ordering::SeqCst);
+    let caller = std::thread::spawn(call);
+    while proxy.dropped.load(Ordering::SeqCst) == before {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    interfere();
+    proxy.paused.store(false, Ordering::SeqCst);
+    caller.join().unwrap()
+}
+
+/// Every write silo's client sends is applied once even when its reply is lost and the
+/// client retries, and even when other workers changed the store in between: a retried put,
+/// delete or clear must not undo their writes, a retried pop, claim, ack or drain must answer
+/// what the first attempt did.
+#[test]
+fn every_write_is_applied_once_when_its_reply_is_lost() {
+    let (_dir, url) = sqlite_url("");
+    let server = common::start(Config::new(silo::open(&url).unwrap()));
+    let proxy = LossyProxy::start(server.addr);
+    let client = Arc::new(HttpStorage::new(&proxy.url(), HttpOptions::default()).unwrap());
+    let direct = HttpStorage::new(&server.url(), HttpOptions::default()).unwrap();
+    // Warm the client's connection pool so the first attempt goes out before the pause, and
+    // its cache of the server's operations so no `/v1/info` request takes the lost reply.
+    client.kv_put(b"warm", b"k", b"v").unwrap();
+    client.server_info().unwrap();
+    let c = || client.clone();
+
+    let cl = c();
+    with_lost_reply(
+        &proxy,
+        move || cl.kv_put(b"s", b"k", b"old").unwrap(),
+        || direct.kv_put(b"s", b"k", b"newer").unwrap(),
+    );
+    assert_eq!(
+        direct.kv_get(b"s", b"k").unwrap(),
+        Some(b"newer".to_vec()),
+        "kv_put"
+    );
+
+    let cl = c();
+    with_lost_reply(
+        &proxy,
+        move || cl.kv_del(b"s", b"k").unwrap(),
+        || direct.kv_put(b"s", b"k", b"recreated").unwrap(),
+    );
+    assert_eq!(
+        direct.kv_get(b"s", b"k").unwrap(),
+        Some(b"recreated".to_vec()),
+        "kv_del"
+    );
+
+    let cl = c();
+    with_lost_reply(
+        &proxy,
+        move || cl.clear(b"s").unwrap(),
+        || {
+            direct
+                .kv_put(b"s", b"other", b"written after the clear")
+                .unwrap()
+        },
+    );
+    assert!(direct.kv_get(b"s", b"other").unwrap().is_some(), "clear");
+
+    let cl = c();
+    let items = vec![(b"a".to_vec(), b"old".to_vec())];
+    with_lost_reply(
+        &proxy,
+        move || cl.state_put_many(b"s", b"n", &items).unwrap(),
+        || direct.state_put(b"s", b"n", b"a", b"newer").unwrap(),
+    );
+    assert_eq!(
+        direct.state_get(b"s", b"n", b"a").unwrap(),
+        Some(b"newer".to_vec()),
+        "put_many"
+    );
+
+    let cl = c();
+    let n = with_lost_reply(
+        &proxy,
+        move || cl.counter_add(b"s", b"", b"c", 5).unwrap(),
+        || {},
+    );
+    assert_eq!(
+        (n, direct.counter_get(b"s", b"", b"c").unwrap()),
+        (5, 5),
+        "counter_add"
+    );
+
+    let cl = c();
+    let old = with_lost_reply(
+        &proxy,
+        move || cl.counter_set(b"s", b"", b"c", 9).unwrap(),
+        || {},
+    );
+    assert_eq!(old, 5, "counter_set answers the value it replaced");
+
+    let cl = c();
+    with_lost_reply(
+        &proxy,
+        move || cl.queue_push(b"q", &[b"one".to_vec()]).unwrap(),
+        || {},
+    );
+    assert_eq!(direct.queue_len(b"q").unwrap(), 1, "queue_push");
+
+    direct.queue_push(b"q", &[b"two".to_vec()]).unwrap();
+    let cl = c();
+    let popped = with_lost_reply(&proxy, move || cl.queue_pop(b"q").unwrap(), || {});
+    assert_eq!(
+        popped,
+        Some(b"one".to_vec()),
+        "queue_pop answers the item it took"
+    );
+    assert_eq!(direct.queue_len(b"q").unwrap(), 1, "and took one");
+
+    let cl = c();
+    let claim = with_lost_reply(
+        &proxy,
+        move || cl.queue_claim(b"q", Duration::from_secs(60)).unwrap(),
+        || {},
+    )
+    .expect("an item was claimed");
+    assert_eq!(
+        (claim.value.as_slice(), claim.attempt),
+        (&b"two"[..], 1),
+        "queue_claim"
+    );
+    let cl = c();
+    let acked = with_lost_reply(&proxy, move || cl.queue_ack(b"q", claim.id).unwrap(), || {});
+    assert!(acked, "queue_ack answers what the first attempt did");
+    assert_eq!(direct.queue_len(b"q").unwrap(), 0);
+
+    let cl = c();
+    let id = with_lost_reply(
+        &proxy,
+        move || cl.append(b"s", b"", b"log", b"x").unwrap(),
+        || {},
+    );
+    assert_eq!(
+        direct.scan(b"s", b"", b"log", 0, u64::MAX).unwrap(),
+        vec![(id, b"x".to_vec())]
+    );
+
+    direct.state_put(b"s", b"d", b"k", b"v").unwrap();
+    let cl = c();
+    let drained = with_lost_reply(&proxy, move || cl.state_drain(b"s", b"d").unwrap(), || {});
+    assert_eq!(
+        drained,
+        vec![(b"k".to_vec(), b"v".to_vec())],
+        "state_drain keeps its pairs"
+    );
+    assert_eq!(
+        proxy.dropped.load(Ordering::SeqCst),
+        12,
+        "every reply above was lost once"
+    );
+}
+
+fn keyed(key: &str, op: StorageOp) -> Vec<u8> {
+    wire::encode(&StorageRequest {
+        idempotency_key: Some(key.into()),
+        op,
+    })
+    .unwrap()
+}
+
+fn counter_add(delta: i64) -> StorageOp {
+    StorageOp::CounterAdd {
+        scope: Bytes(b"s".to_vec()),
+        ns: Bytes::default(),
+        key: Bytes(b"c".to_vec()),
+        delta,
+    }
+}
+
+/// A key reused for a different request is refused with 409 and applies nothing; the same
+/// key from two tenants is two keys; after the window a key is forgotten.
+#[test]
+fn idempotency_keys_are_per_request_per_tenant_and_expire() {
+    let (_dir, url) = sqlite_url("");
+    let store = silo::open(&url).unwrap();
+    let server = common::start(Config {
+        auth: Auth::Tenants(vec![
+            Tenant {
+                token: "alpha-token-0123456789".into(),
+                name: "alpha".into(),
+            },
+            Tenant {
+                token: "beta-token-0123456789".into(),
+                name: "beta".into(),
+            },
+        ]),
+        idempotency_window: Duration::from_millis(300),
+        ..Config::new(store.clone())
+    });
+    let alpha = Some("alpha-token-0123456789");
+    let beta = Some("beta-token-0123456789");
+    let counter = |tenant: &str| {
+        store
+            .counter_get(format!("tenant:{tenant}\0s").as_bytes(), b"", b"c")
+            .unwrap()
+    };
+
+    let (status, _) = post(&server.url(), alpha, &keyed("K", counter_add(1)));
+    assert_eq!(status, 200);
+    let (status, _) = post(&server.url(), alpha, &keyed("K", counter_add(1)));
+    assert_eq!(status, 200, "the same request again is a replay");
+    assert_eq!(counter("alpha"), 1);
+
+    let (status, text) = post(&server.url(), alpha, &keyed("K", counter_add(2)));
+    assert_eq!(status, 409, "{text}");
+    assert!(text.contains("idempotency key"), "{text}");
+    let pop = StorageOp::QueuePop {
+        scope: Bytes(b"s".to_vec()),
+    };
+    let (status, _) = post(&server.url(), alpha, &keyed("K", pop));
+    assert_eq!(status, 409, "another operation under a used key");
+    assert_eq!(counter("alpha"), 1, "conflicts apply nothing");
+
+    let (status, _) = post(&server.url(), beta, &keyed("K", counter_add(1)));
+    assert_eq!(status, 200);
+    assert_eq!(counter("beta"), 1, "beta's K is not alpha's K");
+
+    // The sweeper runs every tenth of the window (at least every 100 ms).
+    std::thread::sleep(Duration::from_millis(1000));
+    let (status, _) = post(&server.url(), alpha, &keyed("K", counter_add(1)));
+    assert_eq!(status, 200);
+    assert_eq!(counter("alpha"), 2, "after the window the key is new again");
+}

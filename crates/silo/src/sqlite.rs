@@ -507,6 +507,17 @@ fn touch(tx: &Connection, scope: &[u8], now: i64) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Marks an existing `scope` as written now: for operations that change a scope without
+/// creating data (deletes, pops, acks), so that a scope being drained is not swept as an
+/// orphan, and a pop of a scope that never existed does not invent one.
+fn touch_existing(tx: &Connection, scope: &[u8], now: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE scopes SET touched_ms = ?2 WHERE scope = ?1 AND touched_ms <= ?2 - ?3",
+    )?
+    .execute(params![scope, now, TOUCH_RESOLUTION_MS])?;
+    Ok(())
+}
+
 /// `AND key >= ?N AND key < ?M` for the bounds present in `range`, with their parameters.
 fn range_sql(range: &KeyRange, first_param: usize) -> (String, Vec<&[u8]>) {
     let mut sql = String::new();
@@ -597,6 +608,7 @@ impl FunctionStorage for SqliteStorage {
             let n = tx
                 .prepare_cached("DELETE FROM state WHERE scope = ?1 AND ns = ?2 AND key = ?3")?
                 .execute(params![scope, ns, key])?;
+            touch_existing(tx, scope, now_millis())?;
             Ok(n > 0)
         })
     }
@@ -699,6 +711,7 @@ impl FunctionStorage for SqliteStorage {
                     .prepare_cached("DELETE FROM state WHERE scope = ?1 AND ns = ?2")?
                     .execute(params![scope, ns])?,
             };
+            touch_existing(tx, scope, now_millis())?;
             Ok(removed as u64)
         })
     }
@@ -709,7 +722,9 @@ impl FunctionStorage for SqliteStorage {
                 "DELETE FROM state WHERE scope = ?1 AND ns = ?2 RETURNING key, value",
             )?;
             let rows = stmt.query_map(params![scope, ns], |row| Ok((row.get(0)?, row.get(1)?)))?;
-            Ok(rows.collect::<rusqlite::Result<Vec<KeyValue>>>()?)
+            let pairs = rows.collect::<rusqlite::Result<Vec<KeyValue>>>()?;
+            touch_existing(tx, scope, now_millis())?;
+            Ok(pairs)
         })?;
         // RETURNING yields rows in no promised order; the contract is key order.
         drained.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -813,13 +828,15 @@ impl FunctionStorage for SqliteStorage {
 
     fn counter_delete(&self, scope: &[u8], ns: &[u8], key: &[u8]) -> Result<i64> {
         self.write("counter_delete", |tx| {
-            Ok(tx
+            let old = tx
                 .prepare_cached(
                     "DELETE FROM counters WHERE scope = ?1 AND ns = ?2 AND key = ?3 RETURNING value",
                 )?
                 .query_row(params![scope, ns, key], |row| row.get(0))
                 .optional()?
-                .unwrap_or(0))
+                .unwrap_or(0);
+            touch_existing(tx, scope, now_millis())?;
+            Ok(old)
         })
     }
 
@@ -845,6 +862,7 @@ impl FunctionStorage for SqliteStorage {
         let max_attempts = self.options.max_attempts;
         self.write("queue_pop", |tx| {
             let now = now_millis();
+            touch_existing(tx, scope, now)?;
             // One statement in the common case; an exhausted item is set aside and the next
             // one taken.
             loop {
@@ -888,6 +906,7 @@ impl FunctionStorage for SqliteStorage {
             let dead = tx
                 .prepare_cached("DELETE FROM dead_letters WHERE scope = ?1")?
                 .execute(params![scope])?;
+            touch_existing(tx, scope, now_millis())?;
             Ok((live + dead) as u64)
         })
     }
@@ -897,6 +916,7 @@ impl FunctionStorage for SqliteStorage {
         let max_attempts = self.options.max_attempts;
         self.write("queue_claim", |tx| {
             let now = now_millis();
+            touch_existing(tx, scope, now)?;
             let Some((id, _)) = next_visible(tx, scope, now, max_attempts)? else {
                 return Ok(None);
             };
@@ -913,7 +933,6 @@ impl FunctionStorage for SqliteStorage {
                 .query_row(params![id, now.saturating_add(lease_ms), claim_id], |row| {
                     Ok((row.get(0)?, row.get(1)?))
                 })?;
-            touch(tx, scope, now)?;
             Ok(Some(Claim {
                 id: claim_id,
                 value,
@@ -929,6 +948,9 @@ impl FunctionStorage for SqliteStorage {
                     "DELETE FROM queue WHERE claim_id = ?1 AND scope = ?2 AND visible_at_ms > ?3",
                 )?
                 .execute(params![claim_id, scope, now_millis()])?;
+            if n == 1 {
+                touch_existing(tx, scope, now_millis())?;
+            }
             Ok(n == 1)
         })
     }
@@ -941,6 +963,9 @@ impl FunctionStorage for SqliteStorage {
                      WHERE claim_id = ?1 AND scope = ?2 AND visible_at_ms > ?3",
                 )?
                 .execute(params![claim_id, scope, now_millis()])?;
+            if n == 1 {
+                touch_existing(tx, scope, now_millis())?;
+            }
             Ok(n == 1)
         })
     }
@@ -956,7 +981,7 @@ impl FunctionStorage for SqliteStorage {
                 )?
                 .execute(params![claim_id, scope, now, now.saturating_add(lease_ms)])?;
             if n == 1 {
-                touch(tx, scope, now)?;
+                touch_existing(tx, scope, now)?;
             }
             Ok(n == 1)
         })

@@ -910,6 +910,88 @@ pub fn apply_once_applies_once(s: &dyn FunctionStorage) {
     assert_eq!(s.queue_len(sc).unwrap(), 4, "an expired key applies again");
 }
 
+/// Every operation that changes a scope refreshes its touch time, so `gc` never sweeps a
+/// scope that workers are still draining: pops, claims, acks, releases, extends, deletes,
+/// drains, counter deletes, queue clears and dead-lettering included. (One wait of 2.2 s:
+/// backends may record touch times to the second.)
+pub fn every_change_touches_its_scope(s: &dyn FunctionStorage) {
+    let lease = Duration::from_secs(600);
+    type Change = fn(&dyn FunctionStorage, &[u8], i64);
+    let changes: [(&str, Change); 13] = [
+        ("state_del", |s, sc, _| {
+            s.state_del(sc, b"n", b"k").unwrap();
+        }),
+        ("state_delete", |s, sc, _| {
+            s.state_delete(sc, b"n", &Selection::All).unwrap();
+        }),
+        ("state_drain", |s, sc, _| {
+            s.state_drain(sc, b"n").unwrap();
+        }),
+        ("kv_del", |s, sc, _| s.kv_del(sc, b"k").unwrap()),
+        ("counter_delete", |s, sc, _| {
+            s.counter_delete(sc, b"n", b"c").unwrap();
+        }),
+        ("queue_pop", |s, sc, _| {
+            s.queue_pop(sc).unwrap();
+        }),
+        ("queue_claim", |s, sc, _| {
+            s.queue_claim(sc, Duration::from_secs(1)).unwrap();
+        }),
+        ("queue_ack", |s, sc, claim| {
+            assert!(s.queue_ack(sc, claim).unwrap());
+        }),
+        ("queue_release", |s, sc, claim| {
+            assert!(s.queue_release(sc, claim).unwrap());
+        }),
+        ("queue_extend", |s, sc, claim| {
+            assert!(s.queue_extend(sc, claim, Duration::from_secs(600)).unwrap());
+        }),
+        ("queue_clear", |s, sc, _| {
+            s.queue_clear(sc).unwrap();
+        }),
+        ("counter_add", |s, sc, _| {
+            s.counter_add(sc, b"n", b"c", 1).unwrap();
+        }),
+        ("append", |s, sc, _| {
+            s.append(sc, b"n", b"log", b"v").unwrap();
+        }),
+    ];
+    let scope = |name: &str| format!("touch-{name}").into_bytes();
+    let mut claims = Vec::new();
+    for (name, _) in &changes {
+        let sc = scope(name);
+        s.state_put(&sc, b"alive", b"marker", b"v").unwrap();
+        s.state_put(&sc, b"n", b"k", b"v").unwrap();
+        s.kv_put(&sc, b"k", b"v").unwrap();
+        s.counter_add(&sc, b"n", b"c", 1).unwrap();
+        s.queue_push(&sc, &[v("a"), v("b")]).unwrap();
+        let claim = s
+            .queue_claim(&sc, lease)
+            .unwrap()
+            .expect("an item to claim");
+        claims.push(claim.id);
+    }
+    s.kv_put(b"touch-untouched", b"k", b"v").unwrap();
+    std::thread::sleep(Duration::from_millis(2200));
+    for ((name, change), claim) in changes.iter().zip(&claims) {
+        change(s, &scope(name), *claim);
+    }
+    assert_eq!(
+        s.gc(Duration::from_millis(1500)).unwrap(),
+        1,
+        "only the untouched scope is an orphan"
+    );
+    assert_eq!(s.kv_get(b"touch-untouched", b"k").unwrap(), None);
+    for (name, _) in &changes {
+        assert!(
+            s.state_get(&scope(name), b"alive", b"marker")
+                .unwrap()
+                .is_some(),
+            "{name} refreshed its scope's touch time, so gc kept it"
+        );
+    }
+}
+
 /// `stat` counts what the store holds.
 pub fn stat_counts(s: &dyn FunctionStorage) {
     let before = s.stat().unwrap();
@@ -1040,7 +1122,7 @@ macro_rules! conformance_tests {
             counters_basic, counters_concurrent_adds, scopes_are_isolated,
             clear_drops_the_whole_scope, gc_drops_only_stale_scopes, queue_fifo,
             queue_concurrent_pops, queue_leases, queue_dead_letters, adversarial_names,
-            value_sizes, oversized_values_rejected, stat_counts);
+            value_sizes, oversized_values_rejected, stat_counts, every_change_touches_its_scope);
     };
     (@each $factory:expr; $($check:ident),* $(,)?) => {
         $(
