@@ -30,7 +30,7 @@ use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use serde::Serialize;
 use silo::wire::{self, ErrorKind, OP_NAMES, StorageOp, StorageRequest};
-use silo::{Error, FunctionStorage, Selection};
+use silo::{Error, FunctionStorage, PrefixStore, Selection};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -320,6 +320,23 @@ impl App {
         request: StorageRequest,
     ) -> silo::Result<Vec<u8>> {
         let store = &*self.config.store;
+        if !prefix.is_empty() {
+            if matches!(request.op, StorageOp::Stat {}) {
+                return Err(Error::Unauthorized {
+                    message: "Stat covers every tenant; it needs the server's admin token".into(),
+                });
+            }
+            return self.execute_on(&PrefixStore::new(store, prefix.to_vec()), body, request);
+        }
+        self.execute_on(store, body, request)
+    }
+
+    fn execute_on(
+        &self,
+        store: &dyn FunctionStorage,
+        body: &[u8],
+        request: StorageRequest,
+    ) -> silo::Result<Vec<u8>> {
         let limit = self.config.limits.max_reply_bytes;
         let encode_bounded = |reply: &wire::StorageReply| -> silo::Result<Vec<u8>> {
             let bytes = wire::encode(reply)?;
@@ -331,24 +348,20 @@ impl App {
         // A drain's reply is its data: when it cannot be sent, the drain must not happen, so
         // it always runs where a failure rolls back, keyed or not.
         let (once_key, fingerprint) = match (&request.idempotency_key, &request.op) {
-            (Some(key), _) => {
-                let mut once_key = prefix.to_vec();
-                once_key.extend_from_slice(key.as_bytes());
-                (once_key, blake3::hash(op_bytes(body, key)))
-            }
+            (Some(key), _) => (key.as_bytes().to_vec(), blake3::hash(op_bytes(body, key))),
             (None, StorageOp::StateDrain { .. }) => {
                 let mut once_key = b"\0unkeyed-drain:".to_vec();
                 once_key.extend_from_slice(&unique_nonce().to_le_bytes());
                 (once_key, blake3::hash(body))
             }
-            (None, _) => return encode_bounded(&wire::apply(store, prefix, request.op)?),
+            (None, _) => return encode_bounded(&wire::apply(store, request.op)?),
         };
         let mut op = Some(request.op);
         store.apply_once(&once_key, fingerprint.as_bytes(), &mut |store| {
             let op = op
                 .take()
                 .ok_or_else(|| Error::invalid("apply_once ran one request twice"))?;
-            encode_bounded(&wire::apply(store, prefix, op)?)
+            encode_bounded(&wire::apply(store, op)?)
         })
     }
 }

@@ -394,7 +394,7 @@ fn extended_operations_against_a_server_without_them_are_unsupported() {
             let store = store.clone();
             async move {
                 let req: StorageRequest = wire::decode(&body).unwrap();
-                let reply: StorageReply = wire::apply(&*store, b"", req.op).unwrap();
+                let reply: StorageReply = wire::apply(&*store, req.op).unwrap();
                 wire::encode(&reply).unwrap()
             }
         }),

@@ -23,6 +23,7 @@
 //! # }
 //! ```
 
+#[cfg(feature = "conformance")]
 pub mod conformance;
 mod error;
 #[cfg(feature = "http")]
@@ -30,6 +31,7 @@ pub mod http;
 mod memory;
 mod open;
 mod options;
+mod prefix;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod storage;
@@ -45,6 +47,7 @@ pub use open::{
     DEFAULT_ORPHAN_TTL, EnvConfig, default_sqlite_path, default_url, from_env, open, sqlite_url,
 };
 pub use options::{StoreOptions, SyncMode};
+pub use prefix::PrefixStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStorage;
 pub use storage::{

@@ -111,7 +111,8 @@ macro_rules! operations {
                 }
             }
 
-            fn scope_mut(&mut self) -> Option<&mut Bytes> {
+            /// The scope the operation names, to change it.
+            pub fn scope_mut(&mut self) -> Option<&mut Bytes> {
                 match self {
                     $( StorageOp::$name { $($scope,)? .. } => operations!(@scope_mut $($scope)?), )*
                 }
@@ -232,13 +233,6 @@ impl StorageOp {
     /// True when the operation changes the store (see [`OpClass`]).
     pub fn is_write(&self) -> bool {
         self.info().class == OpClass::Write
-    }
-
-    /// Prefixes the scope the operation names with `prefix` (a server's tenant).
-    fn prefix_scope(&mut self, prefix: &[u8]) {
-        if let Some(scope) = self.scope_mut() {
-            scope.0.splice(0..0, prefix.iter().copied());
-        }
     }
 }
 
@@ -380,23 +374,11 @@ fn pairs_out(pairs: Vec<KeyValue>) -> Vec<(Bytes, Bytes)> {
         .collect()
 }
 
-/// Applies `op` to `store`, with every scope prefixed by `scope_prefix` (empty for none; a
-/// tenant's prefix on a multi-tenant server), and shapes the reply.
-pub fn apply(
-    store: &dyn FunctionStorage,
-    scope_prefix: &[u8],
-    mut op: StorageOp,
-) -> Result<StorageReply> {
+/// Applies `op` to `store` and shapes the reply. (A server gives each tenant its store
+/// through a [`PrefixStore`](crate::PrefixStore).)
+pub fn apply(store: &dyn FunctionStorage, op: StorageOp) -> Result<StorageReply> {
     use StorageOp as Op;
     use StorageReply as Reply;
-    if !scope_prefix.is_empty() {
-        if matches!(op, Op::Stat {}) {
-            return Err(Error::Unauthorized {
-                message: "Stat covers every tenant; it needs the server's admin token".into(),
-            });
-        }
-        op.prefix_scope(scope_prefix);
-    }
     Ok(match op {
         Op::KvGet { scope, key } => Reply::MaybeBytes(store.kv_get(&scope.0, &key.0)?.map(Bytes)),
         Op::KvPut { scope, key, value } => {
@@ -436,7 +418,7 @@ pub fn apply(
             Reply::Unit
         }
         Op::Gc { ttl_secs } => {
-            store.gc_prefix(scope_prefix, Duration::from_secs(ttl_secs))?;
+            store.gc(Duration::from_secs(ttl_secs))?;
             Reply::Unit
         }
         Op::StateGet { scope, ns, key } => {
@@ -518,9 +500,7 @@ pub fn apply(
         Op::QueueDeadLetters { scope, limit } => {
             Reply::DeadLetters(store.queue_dead_letters(&scope.0, limit)?)
         }
-        Op::Sweep { ttl_ms } => {
-            Reply::Count(store.gc_prefix(scope_prefix, Duration::from_millis(ttl_ms))?)
-        }
+        Op::Sweep { ttl_ms } => Reply::Count(store.gc(Duration::from_millis(ttl_ms))?),
         Op::Stat {} => Reply::Stats(store.stat()?),
     })
 }
@@ -682,7 +662,7 @@ mod tests {
                     let back: StorageRequest = decode(&bytes).unwrap();
                     assert_eq!(back, request, "{} round-trips", op.name());
                 }
-                let reply = apply(&**store, b"", op.clone())
+                let reply = apply(&**store, op.clone())
                     .unwrap_or_else(|e| panic!("{} on {store:?}: {e}", op.name()));
                 assert_eq!(reply_name(&reply), op.info().reply, "{}", op.name());
                 let reply_bytes = encode(&reply).unwrap();
@@ -732,44 +712,5 @@ mod tests {
             decode::<StorageRequest>(&trailing).is_err(),
             "trailing bytes"
         );
-    }
-
-    #[test]
-    fn tenant_prefix_applies_to_scopes_and_sweeps() {
-        let store = crate::MemoryStorage::new();
-        let put = StorageOp::KvPut {
-            scope: b(b"s"),
-            key: b(b"k"),
-            value: b(b"v"),
-        };
-        apply(&store, b"tenant:a\0", put).unwrap();
-        assert_eq!(
-            store.kv_get(b"tenant:a\0s", b"k").unwrap(),
-            Some(b"v".to_vec())
-        );
-        assert_eq!(store.kv_get(b"s", b"k").unwrap(), None);
-        let get = StorageOp::KvGet {
-            scope: b(b"s"),
-            key: b(b"k"),
-        };
-        assert_eq!(
-            apply(&store, b"tenant:b\0", get).unwrap(),
-            StorageReply::MaybeBytes(None)
-        );
-        assert!(matches!(
-            apply(&store, b"tenant:a\0", StorageOp::Stat {}),
-            Err(Error::Unauthorized { .. })
-        ));
-        store.kv_put(b"other", b"k", b"v").unwrap();
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(
-            apply(&store, b"tenant:b\0", StorageOp::Sweep { ttl_ms: 0 }).unwrap(),
-            StorageReply::Count(0)
-        );
-        assert_eq!(
-            apply(&store, b"tenant:a\0", StorageOp::Sweep { ttl_ms: 0 }).unwrap(),
-            StorageReply::Count(1)
-        );
-        assert!(store.kv_get(b"other", b"k").unwrap().is_some());
     }
 }

@@ -9,6 +9,12 @@ fn apply_once_applies_once() {
 }
 
 #[test]
+fn apply_once_fails_atomically_at_every_step() {
+    let store = silo::open("memory:").unwrap();
+    silo::conformance::apply_once_fails_atomically_at_every_step(&*store);
+}
+
+#[test]
 fn gc_prefix_sweeps_only_its_prefix() {
     let store = silo::open("memory:?max_value_bytes=68157440").unwrap();
     silo::conformance::gc_prefix_sweeps_only_its_prefix(&*store);
@@ -16,4 +22,22 @@ fn gc_prefix_sweeps_only_its_prefix() {
 
 mod core_only {
     silo::core_conformance_tests!(silo::open("memory:").unwrap());
+}
+
+/// Every check again, twice per store, through two tenants' prefixes.
+mod isolated {
+    #[allow(unused_imports)]
+    use super::*;
+    silo::conformance_tests!(isolated silo::open("memory:?max_value_bytes=68157440").unwrap());
+}
+
+/// `apply_once` through two tenants' prefixes on one store: keys and effects stay apart.
+#[test]
+fn apply_once_is_isolated_by_prefix() {
+    let store = silo::open("memory:").unwrap();
+    silo::conformance::run_isolated(&*store, silo::conformance::apply_once_applies_once);
+    silo::conformance::run_isolated(
+        &*store,
+        silo::conformance::apply_once_fails_atomically_at_every_step,
+    );
 }

@@ -11,6 +11,12 @@ fn apply_once_applies_once() {
 }
 
 #[test]
+fn apply_once_fails_atomically_at_every_step() {
+    let store = common::TempStore::sqlite("");
+    silo::conformance::apply_once_fails_atomically_at_every_step(&*store);
+}
+
+#[test]
 fn gc_prefix_sweeps_only_its_prefix() {
     let store = common::TempStore::sqlite("max_value_bytes=68157440");
     silo::conformance::gc_prefix_sweeps_only_its_prefix(&*store);
@@ -46,5 +52,23 @@ fn concurrent_writers_with_failing_ones_lose_nothing() {
         reopened.stat().unwrap().state_entries,
         8 * 150,
         "every write committed"
+    );
+}
+
+/// Every check again, twice per store, through two tenants' prefixes.
+mod isolated {
+    #[allow(unused_imports)]
+    use super::*;
+    silo::conformance_tests!(isolated super::common::TempStore::sqlite("max_value_bytes=68157440"));
+}
+
+/// `apply_once` through two tenants' prefixes on one store: keys and effects stay apart.
+#[test]
+fn apply_once_is_isolated_by_prefix() {
+    let store = common::TempStore::sqlite("");
+    silo::conformance::run_isolated(&*store, silo::conformance::apply_once_applies_once);
+    silo::conformance::run_isolated(
+        &*store,
+        silo::conformance::apply_once_fails_atomically_at_every_step,
     );
 }

@@ -123,3 +123,20 @@ fn sqlite_full_disk_is_an_error_and_loses_nothing() {
         Some(b"kept".to_vec())
     );
 }
+
+/// A popper whose STOP item never comes (lost, or never pushed) fails the test at the
+/// deadline instead of hanging it.
+#[test]
+fn a_worker_waiting_for_a_lost_stop_fails_at_the_deadline() {
+    let store = TempStore::sqlite("");
+    let popper = spawn(&store.url, "pop", &[]);
+    let outcome = std::panic::catch_unwind(|| {
+        processes::finish_within(popper, std::time::Duration::from_secs(2))
+    });
+    let message = outcome.expect_err("the popper never gets STOP");
+    let text = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(text.contains("did not finish"), "{text}");
+}

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::{Error, FunctionStorage, KeyRange, Selection};
+use crate::{Error, FunctionStorage, KeyRange, PrefixStore, Selection};
 
 pub mod processes;
 
@@ -992,6 +992,182 @@ pub fn every_change_touches_its_scope(s: &dyn FunctionStorage) {
     }
 }
 
+/// Drains racing each other and a writer: every pair written is drained exactly once or is
+/// still there at the end, never handed to two drains.
+pub fn state_drains_race_without_sharing(s: &dyn FunctionStorage) {
+    let sc = b"drain-race";
+    let total = 400u32;
+    let drained: Vec<Vec<(Vec<u8>, Vec<u8>)>> = std::thread::scope(|t| {
+        let writer = t.spawn(|| {
+            for i in 0..total {
+                s.state_put(sc, b"g", &i.to_be_bytes(), &i.to_le_bytes())
+                    .unwrap();
+            }
+        });
+        let drainers: Vec<_> = (0..3)
+            .map(|_| {
+                t.spawn(|| {
+                    let mut got = Vec::new();
+                    for _ in 0..60 {
+                        got.extend(s.state_drain(sc, b"g").unwrap());
+                        std::thread::yield_now();
+                    }
+                    got
+                })
+            })
+            .collect();
+        writer.join().unwrap();
+        drainers.into_iter().map(|d| d.join().unwrap()).collect()
+    });
+    let mut seen = std::collections::HashSet::new();
+    for (key, value) in drained.into_iter().flatten() {
+        let i = u32::from_be_bytes(key.as_slice().try_into().expect("a 4-byte key"));
+        assert_eq!(value, i.to_le_bytes(), "pair {i} intact");
+        assert!(seen.insert(i), "pair {i} was drained twice");
+    }
+    for (key, _) in s.state_drain(sc, b"g").unwrap() {
+        let i = u32::from_be_bytes(key.as_slice().try_into().expect("a 4-byte key"));
+        assert!(seen.insert(i), "pair {i} was drained and is still there");
+    }
+    assert_eq!(
+        seen.len(),
+        total as usize,
+        "every pair drained exactly once"
+    );
+}
+
+/// At the lease-expiry boundary an ack with the old lease races a new claim: never both own
+/// the item. Either the ack wins (true) and no one can claim the item again, or the old
+/// lease is lost (false) and the item is delivered again (attempt 2), to the racing claim or
+/// to a later one; it is never lost.
+pub fn lease_expiry_has_one_owner(s: &dyn FunctionStorage) {
+    let sc = b"lease-boundary";
+    let lease = Duration::from_millis(40);
+    for round in 0..12u64 {
+        s.queue_push(sc, &[round.to_le_bytes().to_vec()]).unwrap();
+        let first = s.queue_claim(sc, lease).unwrap().expect("an item to claim");
+        // Land on both sides of the expiry across rounds.
+        std::thread::sleep(lease + Duration::from_millis(round % 4 * 4) - Duration::from_millis(6));
+        let (acked, reclaimed) = std::thread::scope(|t| {
+            let ack = t.spawn(|| s.queue_ack(sc, first.id).unwrap());
+            let claim = t.spawn(|| s.queue_claim(sc, Duration::from_secs(60)).unwrap());
+            (ack.join().unwrap(), claim.join().unwrap())
+        });
+        let reclaimed = match (acked, reclaimed) {
+            // The claim ran just before the expiry, the ack just after: the item is waiting.
+            (false, None) => {
+                std::thread::sleep(lease);
+                s.queue_claim(sc, Duration::from_secs(60)).unwrap()
+            }
+            (_, other) => other,
+        };
+        match (acked, reclaimed) {
+            (true, None) => {}
+            (false, Some(again)) => {
+                assert_eq!(
+                    again.value,
+                    round.to_le_bytes(),
+                    "round {round}: the same item"
+                );
+                assert_eq!(again.attempt, 2, "round {round}: a redelivery");
+                assert!(
+                    !s.queue_ack(sc, first.id).unwrap(),
+                    "the old lease stays dead"
+                );
+                assert!(s.queue_ack(sc, again.id).unwrap());
+            }
+            other => panic!("round {round}: ack and re-claim both or neither won: {other:?}"),
+        }
+        assert_eq!(
+            s.queue_len(sc).unwrap(),
+            0,
+            "round {round}: the item is gone once"
+        );
+    }
+}
+
+/// An effect of several operations (a push, a put, a claim, an append, an add) that fails
+/// after any number of them — by an error or by a panic — leaves no trace, and its retry under
+/// the same key then applies all of it once. (A claim that survived a failed effect would
+/// hide the work item for a minute, and the next effect's claim would find nothing.)
+pub fn apply_once_fails_atomically_at_every_step(s: &dyn FunctionStorage) {
+    const STEPS: usize = 6;
+    let sc = b"once-steps";
+    s.queue_push(sc, &[v("work")]).unwrap();
+    let effect = |st: &dyn FunctionStorage, fail_at: Option<usize>, panic: bool| {
+        let step = |n: usize| -> crate::Result<()> {
+            if fail_at == Some(n) {
+                if panic {
+                    panic!("injected panic before step {n}");
+                }
+                return Err(Error::Unavailable {
+                    message: format!("injected failure before step {n}"),
+                });
+            }
+            Ok(())
+        };
+        step(0)?;
+        st.queue_push(sc, &[v("pushed")])?;
+        step(1)?;
+        st.state_put(sc, b"n", b"k", b"put")?;
+        step(2)?;
+        let claimed = st.queue_claim(sc, Duration::from_secs(60))?;
+        if claimed.map(|c| c.value) != Some(v("work")) {
+            return Err(Error::invalid(
+                "the work item was not claimable: a claim leaked",
+            ));
+        }
+        step(3)?;
+        st.append(sc, b"n", b"log", b"appended")?;
+        step(4)?;
+        st.counter_add(sc, b"n", b"c", 1)?;
+        step(5)?;
+        Ok(b"done".to_vec())
+    };
+    let untouched = |when: &str| {
+        assert_eq!(s.queue_len(sc).unwrap(), 1, "{when}: no push");
+        assert_eq!(s.state_get(sc, b"n", b"k").unwrap(), None, "{when}: no put");
+        assert!(
+            s.scan(sc, b"n", b"log", 0, u64::MAX).unwrap().is_empty(),
+            "{when}: no append"
+        );
+        assert_eq!(s.counter_get(sc, b"n", b"c").unwrap(), 0, "{when}: no add");
+    };
+    for fail_at in 0..STEPS {
+        for panic in [false, true] {
+            let key = format!("steps-{fail_at}-{panic}");
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                s.apply_once(key.as_bytes(), b"fp", &mut |st| {
+                    effect(st, Some(fail_at), panic)
+                })
+            }));
+            match outcome {
+                Ok(Err(Error::Unavailable { .. })) => assert!(!panic),
+                Ok(other) => panic!("step {fail_at}: expected the injected failure, got {other:?}"),
+                Err(_) => assert!(panic, "step {fail_at}: only the injected panic unwinds"),
+            }
+            untouched(&format!("failed before step {fail_at} (panic: {panic})"));
+        }
+    }
+    // The retry applies everything, once.
+    let mut full = |st: &dyn FunctionStorage| effect(st, None, false);
+    assert_eq!(
+        s.apply_once(b"steps-2-false", b"fp", &mut full).unwrap(),
+        v("done")
+    );
+    assert_eq!(
+        s.apply_once(b"steps-2-false", b"fp", &mut full).unwrap(),
+        v("done")
+    );
+    assert_eq!(s.counter_get(sc, b"n", b"c").unwrap(), 1, "applied once");
+    assert_eq!(s.scan(sc, b"n", b"log", 0, u64::MAX).unwrap().len(), 1);
+    assert_eq!(
+        s.queue_len(sc).unwrap(),
+        2,
+        "the work item (claimed) and the pushed one"
+    );
+}
+
 /// `stat` counts what the store holds.
 pub fn stat_counts(s: &dyn FunctionStorage) {
     let before = s.stat().unwrap();
@@ -1097,12 +1273,26 @@ pub fn core_adversarial_names(s: &dyn FunctionStorage) {
     }
 }
 
+/// Runs a check on a store (what [`conformance_tests!`](crate::conformance_tests) does per
+/// check).
+pub fn run(store: &dyn FunctionStorage, check: fn(&dyn FunctionStorage)) {
+    check(store);
+}
+
+/// Runs a check twice on one store, through two tenants' [`PrefixStore`]s: the second run
+/// passes only if nothing of the first (data, sweeps, idempotency keys) leaked across the
+/// prefix, for every operation the check uses.
+pub fn run_isolated(store: &dyn FunctionStorage, check: fn(&dyn FunctionStorage)) {
+    check(&PrefixStore::new(store, b"tenant:first\0".to_vec()));
+    check(&PrefixStore::new(store, b"tenant:second\0".to_vec()));
+}
+
 /// Generates one `#[test]` per check that uses only the nine core operations, for stores
 /// and servers that implement no more (the incumbent's).
 #[macro_export]
 macro_rules! core_conformance_tests {
     ($factory:expr) => {
-        $crate::conformance_tests!(@each $factory;
+        $crate::conformance_tests!(@each $factory, $crate::conformance::run;
             core_kv_roundtrip, core_queue_fifo, core_clear, core_adversarial_names,
             log_ordering_and_cursors, queue_concurrent_pops, value_sizes);
     };
@@ -1113,23 +1303,34 @@ macro_rules! core_conformance_tests {
 /// `dyn FunctionStorage` (an `Arc<dyn FunctionStorage>`, or a guard that also owns a temp
 /// directory). The store must accept values of 64 MiB and refuse larger ones at
 /// `max_value_bytes` (use `?max_value_bytes=68157440`, 65 MiB).
+///
+/// `conformance_tests!(isolated $factory)` runs every check twice on each store, through two
+/// tenants' prefixes ([`run_isolated`](crate::conformance::run_isolated)).
 #[macro_export]
 macro_rules! conformance_tests {
+    (isolated $factory:expr) => {
+        $crate::conformance_tests!(@all $factory, $crate::conformance::run_isolated);
+    };
     ($factory:expr) => {
-        $crate::conformance_tests!(@each $factory;
+        $crate::conformance_tests!(@all $factory, $crate::conformance::run);
+    };
+    (@all $factory:expr, $runner:path) => {
+        $crate::conformance_tests!(@each $factory, $runner;
             kv_roundtrip, state_namespaces_are_isolated, state_batches, state_scan_ranges,
-            state_delete_selections, state_drain_takes_everything_once, log_ordering_and_cursors,
+            state_delete_selections, state_drain_takes_everything_once,
+            state_drains_race_without_sharing, log_ordering_and_cursors,
             counters_basic, counters_concurrent_adds, scopes_are_isolated,
             clear_drops_the_whole_scope, gc_drops_only_stale_scopes, queue_fifo,
-            queue_concurrent_pops, queue_leases, queue_dead_letters, adversarial_names,
-            value_sizes, oversized_values_rejected, stat_counts, every_change_touches_its_scope);
+            queue_concurrent_pops, queue_leases, lease_expiry_has_one_owner, queue_dead_letters,
+            adversarial_names, value_sizes, oversized_values_rejected, stat_counts,
+            every_change_touches_its_scope);
     };
-    (@each $factory:expr; $($check:ident),* $(,)?) => {
+    (@each $factory:expr, $runner:path; $($check:ident),* $(,)?) => {
         $(
             #[test]
             fn $check() {
                 let store = $factory;
-                $crate::conformance::$check(&*store);
+                $runner(&*store, $crate::conformance::$check);
             }
         )*
     };

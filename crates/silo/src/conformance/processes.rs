@@ -172,13 +172,52 @@ pub fn spawn(url: &str, role: &str, env: &[(&str, String)]) -> Child {
     cmd.spawn().expect("spawn worker")
 }
 
-/// Waits for a worker and returns its output lines (libtest's own lines filtered out).
+/// How long a worker may run before the test fails: a worker waiting for a STOP item that
+/// was lost must fail the test, not hang it. `SILO_TEST_WORKER_DEADLINE_SECS` overrides it
+/// (slow machines, debuggers).
+pub fn worker_deadline() -> Duration {
+    let secs = std::env::var("SILO_TEST_WORKER_DEADLINE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(180);
+    Duration::from_secs(secs)
+}
+
+/// Waits for a worker and returns its output lines (libtest's own lines filtered out);
+/// fails the test when it runs past [`worker_deadline`].
 pub fn finish(child: Child) -> Vec<String> {
-    let out = child.wait_with_output().expect("worker output");
-    assert!(out.status.success(), "worker failed: {:?}", out.status);
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
+    finish_within(child, worker_deadline())
+}
+
+/// [`finish`] with an explicit deadline: the worker is killed and the test fails when it has
+/// not exited by then.
+pub fn finish_within(mut child: Child, deadline: Duration) -> Vec<String> {
+    let mut stdout = child.stdout.take().expect("the worker's stdout is piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut text).map(|_| text)
+    });
+    let give_up = Instant::now() + deadline;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the worker") {
+            break status;
+        }
+        if Instant::now() >= give_up {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "a worker did not finish within {deadline:?} (a lost STOP item, or a hang); \
+                 killed it"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "worker failed: {status:?}");
+    let text = reader
+        .join()
+        .expect("the output reader")
+        .expect("the worker's output is UTF-8");
+    text.lines()
         .filter(|l| !l.is_empty() && !l.starts_with("running") && !l.starts_with("test result"))
         .filter(|l| !l.starts_with("test ") && !l.starts_with('.'))
         .map(str::to_string)
