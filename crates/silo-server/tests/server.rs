@@ -671,3 +671,54 @@ fn idempotency_keys_are_per_request_per_tenant_and_expire() {
     assert_eq!(status, 200);
     assert_eq!(counter("alpha"), 2, "after the window the key is new again");
 }
+
+/// The server sweeps orphaned scopes by itself (at start-up and then every interval), leaves
+/// live ones alone, and shows its work in `/metrics`.
+#[test]
+fn the_server_sweeps_orphans_and_reports_it() {
+    let (_dir, url) = sqlite_url("");
+    let store = silo::open(&url).unwrap();
+    store.kv_put(b"orphan", b"k", b"v").unwrap();
+    let server = common::start(Config {
+        orphan_sweep: Some(silo_server::OrphanSweep {
+            ttl: Duration::from_millis(1500),
+            every: Duration::from_millis(200),
+        }),
+        ..Config::new(store.clone())
+    });
+    let client = HttpStorage::new(&server.url(), HttpOptions::default()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.kv_get(b"orphan", b"k").unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the orphan was never swept"
+        );
+        // A live scope, written more often than the TTL, must survive every sweep.
+        client.kv_put(b"live", b"k", b"v").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        client.kv_get(b"live", b"k").unwrap().is_some(),
+        "the live scope survived"
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let metrics = agent
+        .get(format!("{}/metrics", server.url()))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /metrics:\n{metrics}"))
+    };
+    assert!(value("silo_orphan_sweeps_total ") >= 1);
+    assert!(value("silo_orphan_scopes_swept_total ") >= 1);
+    assert!(value("silo_orphan_last_sweep_timestamp_seconds ") > 0);
+}
