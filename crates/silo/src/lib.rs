@@ -46,7 +46,7 @@ pub use memory::MemoryStorage;
 pub use open::{
     DEFAULT_ORPHAN_TTL, EnvConfig, default_sqlite_path, default_url, from_env, open, sqlite_url,
 };
-pub use options::{StoreOptions, SyncMode};
+pub use options::{Clock, StoreOptions, SyncMode};
 pub use prefix::PrefixStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStorage;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use imbl::{HashMap, OrdMap, Vector};
 use parking_lot::{ReentrantMutex, ReentrantMutexGuard};
 
-use crate::options::{millis, now_millis};
+use crate::options::millis;
 use crate::storage::{Entry, KeyValue};
 use crate::{
     Claim, DeadLetter, Error, FunctionStorage, KeyRange, Result, Selection, StoreOptions,
@@ -138,7 +138,7 @@ impl MemoryStorage {
         self.with(|inner| {
             let Inner { scopes, seq, .. } = inner;
             let data = scopes.entry(scope.to_vec()).or_default();
-            data.touched_ms = now_millis();
+            data.touched_ms = self.options.clock.now_ms();
             f(data, seq)
         })
     }
@@ -152,7 +152,7 @@ impl MemoryStorage {
         self.with(|inner| {
             let Inner { scopes, seq, .. } = inner;
             let data = scopes.get_mut(scope)?;
-            let now = now_millis();
+            let now = self.options.clock.now_ms();
             data.touched_ms = now;
             Some(f(data, seq, now))
         })
@@ -472,7 +472,7 @@ impl FunctionStorage for MemoryStorage {
             let Some(s) = inner.scopes.get_mut(scope) else {
                 return false;
             };
-            let now = now_millis();
+            let now = self.options.clock.now_ms();
             let Some(item_id) = s.live_claim(claim_id, now) else {
                 return false;
             };
@@ -488,7 +488,7 @@ impl FunctionStorage for MemoryStorage {
             let Some(s) = inner.scopes.get_mut(scope) else {
                 return false;
             };
-            let now = now_millis();
+            let now = self.options.clock.now_ms();
             let Some(item) = s
                 .live_claim(claim_id, now)
                 .and_then(|id| s.queue.get_mut(&id))
@@ -509,7 +509,7 @@ impl FunctionStorage for MemoryStorage {
             let Some(s) = inner.scopes.get_mut(scope) else {
                 return false;
             };
-            let now = now_millis();
+            let now = self.options.clock.now_ms();
             let Some(item) = s
                 .live_claim(claim_id, now)
                 .and_then(|id| s.queue.get_mut(&id))
@@ -536,7 +536,7 @@ impl FunctionStorage for MemoryStorage {
     }
 
     fn gc_prefix(&self, scope_prefix: &[u8], ttl: Duration) -> Result<u64> {
-        let cutoff = now_millis().saturating_sub(millis(ttl));
+        let cutoff = self.options.clock.now_ms().saturating_sub(millis(ttl));
         self.with(|inner| {
             let before = inner.scopes.len();
             inner
@@ -578,7 +578,7 @@ impl FunctionStorage for MemoryStorage {
                 OnceRecord {
                     reply: Val::from(&reply[..]),
                     fingerprint: Val::from(fingerprint),
-                    created_ms: now_millis(),
+                    created_ms: self.options.clock.now_ms(),
                 },
             );
         })?;
@@ -588,7 +588,7 @@ impl FunctionStorage for MemoryStorage {
     }
 
     fn expire_once_keys(&self, age: Duration) -> Result<u64> {
-        let cutoff = now_millis().saturating_sub(millis(age));
+        let cutoff = self.options.clock.now_ms().saturating_sub(millis(age));
         self.with(|inner| {
             let before = inner.once.len();
             inner.once.retain(|_, record| record.created_ms >= cutoff);

@@ -1,9 +1,80 @@
 //! Options every backend shares (limits, queue attempts, durability, lock patience), how they
 //! are read from a store URL's query string, and the input checks built on them.
 
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::{Error, Result};
+
+/// The clock a store reads for leases, touch times and idempotency records: the system's
+/// wall clock (shared by every process and host of a store), or a manual one that only moves
+/// when told to, so tests of leases and sweeps need no sleeps.
+#[derive(Clone, Default)]
+pub struct Clock(Option<Arc<AtomicI64>>);
+
+impl Clock {
+    /// The system's wall clock.
+    pub fn system() -> Self {
+        Clock(None)
+    }
+
+    /// A clock standing at `start_ms` (milliseconds since the Unix epoch) until advanced.
+    pub fn manual(start_ms: i64) -> Self {
+        Clock(Some(Arc::new(AtomicI64::new(start_ms))))
+    }
+
+    /// A manual clock standing at the system's current time.
+    pub fn manual_now() -> Self {
+        Self::manual(now_millis())
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> i64 {
+        match &self.0 {
+            None => now_millis(),
+            Some(ms) => ms.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Moves a manual clock forward; returns false (and does nothing) on the system clock.
+    pub fn advance(&self, by: Duration) -> bool {
+        match &self.0 {
+            None => false,
+            Some(ms) => {
+                ms.fetch_add(millis(by), Ordering::SeqCst);
+                true
+            }
+        }
+    }
+
+    /// True for a manual clock.
+    pub fn is_manual(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            None => f.write_str("Clock::system"),
+            Some(ms) => write!(f, "Clock::manual({})", ms.load(Ordering::SeqCst)),
+        }
+    }
+}
+
+impl PartialEq for Clock {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Clock {}
 
 /// How hard a commit tries to survive a crash.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -31,6 +102,8 @@ pub struct StoreOptions {
     /// How long an operation waits for another process's lock before it returns
     /// [`Error::Unavailable`].
     pub busy_timeout: Duration,
+    /// The clock for leases, touch times and idempotency records (not settable by URL).
+    pub clock: Clock,
 }
 
 impl Default for StoreOptions {
@@ -41,6 +114,7 @@ impl Default for StoreOptions {
             max_attempts: 5,
             sync: SyncMode::Normal,
             busy_timeout: Duration::from_secs(30),
+            clock: Clock::system(),
         }
     }
 }

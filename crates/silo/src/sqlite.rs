@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
-use crate::options::{SyncMode, millis, now_millis};
+use crate::options::{SyncMode, millis};
 use crate::storage::{Entry, KeyValue};
 use crate::{
     Claim, DeadLetter, Error, FunctionStorage, KeyRange, Result, Selection, StoreOptions,
@@ -598,7 +598,7 @@ impl FunctionStorage for SqliteStorage {
                  ON CONFLICT (scope, ns, key) DO UPDATE SET value = excluded.value",
             )?
             .execute(params![scope, ns, key, value])?;
-            touch(tx, scope, now_millis())?;
+            touch(tx, scope, self.options.clock.now_ms())?;
             Ok(())
         })
     }
@@ -608,7 +608,7 @@ impl FunctionStorage for SqliteStorage {
             let n = tx
                 .prepare_cached("DELETE FROM state WHERE scope = ?1 AND ns = ?2 AND key = ?3")?
                 .execute(params![scope, ns, key])?;
-            touch_existing(tx, scope, now_millis())?;
+            touch_existing(tx, scope, self.options.clock.now_ms())?;
             Ok(n > 0)
         })
     }
@@ -647,7 +647,7 @@ impl FunctionStorage for SqliteStorage {
             for (key, value) in items {
                 stmt.execute(params![scope, ns, key, value])?;
             }
-            touch(tx, scope, now_millis())?;
+            touch(tx, scope, self.options.clock.now_ms())?;
             Ok(())
         })
     }
@@ -711,7 +711,7 @@ impl FunctionStorage for SqliteStorage {
                     .prepare_cached("DELETE FROM state WHERE scope = ?1 AND ns = ?2")?
                     .execute(params![scope, ns])?,
             };
-            touch_existing(tx, scope, now_millis())?;
+            touch_existing(tx, scope, self.options.clock.now_ms())?;
             Ok(removed as u64)
         })
     }
@@ -723,7 +723,7 @@ impl FunctionStorage for SqliteStorage {
             )?;
             let rows = stmt.query_map(params![scope, ns], |row| Ok((row.get(0)?, row.get(1)?)))?;
             let pairs = rows.collect::<rusqlite::Result<Vec<KeyValue>>>()?;
-            touch_existing(tx, scope, now_millis())?;
+            touch_existing(tx, scope, self.options.clock.now_ms())?;
             Ok(pairs)
         })?;
         // RETURNING yields rows in no promised order; the contract is key order.
@@ -740,7 +740,7 @@ impl FunctionStorage for SqliteStorage {
                     "INSERT INTO log (scope, ns, key, value) VALUES (?1, ?2, ?3, ?4) RETURNING id",
                 )?
                 .query_row(params![scope, ns, key, value], |row| row.get(0))?;
-            touch(tx, scope, now_millis())?;
+            touch(tx, scope, self.options.clock.now_ms())?;
             Ok(id)
         })
     }
@@ -801,7 +801,7 @@ impl FunctionStorage for SqliteStorage {
                  ON CONFLICT (scope, ns, key) DO UPDATE SET value = excluded.value",
             )?
             .execute(params![scope, ns, key, new])?;
-            touch(tx, scope, now_millis())?;
+            touch(tx, scope, self.options.clock.now_ms())?;
             Ok(new)
         })
     }
@@ -821,7 +821,7 @@ impl FunctionStorage for SqliteStorage {
                  ON CONFLICT (scope, ns, key) DO UPDATE SET value = excluded.value",
             )?
             .execute(params![scope, ns, key, value])?;
-            touch(tx, scope, now_millis())?;
+            touch(tx, scope, self.options.clock.now_ms())?;
             Ok(old)
         })
     }
@@ -835,7 +835,7 @@ impl FunctionStorage for SqliteStorage {
                 .query_row(params![scope, ns, key], |row| row.get(0))
                 .optional()?
                 .unwrap_or(0);
-            touch_existing(tx, scope, now_millis())?;
+            touch_existing(tx, scope, self.options.clock.now_ms())?;
             Ok(old)
         })
     }
@@ -853,7 +853,7 @@ impl FunctionStorage for SqliteStorage {
             for item in items {
                 stmt.execute(params![scope, item])?;
             }
-            touch(tx, scope, now_millis())?;
+            touch(tx, scope, self.options.clock.now_ms())?;
             Ok(())
         })
     }
@@ -861,7 +861,7 @@ impl FunctionStorage for SqliteStorage {
     fn queue_pop(&self, scope: &[u8]) -> Result<Option<Vec<u8>>> {
         let max_attempts = self.options.max_attempts;
         self.write("queue_pop", |tx| {
-            let now = now_millis();
+            let now = self.options.clock.now_ms();
             touch_existing(tx, scope, now)?;
             // One statement in the common case; an exhausted item is set aside and the next
             // one taken.
@@ -906,7 +906,7 @@ impl FunctionStorage for SqliteStorage {
             let dead = tx
                 .prepare_cached("DELETE FROM dead_letters WHERE scope = ?1")?
                 .execute(params![scope])?;
-            touch_existing(tx, scope, now_millis())?;
+            touch_existing(tx, scope, self.options.clock.now_ms())?;
             Ok((live + dead) as u64)
         })
     }
@@ -915,7 +915,7 @@ impl FunctionStorage for SqliteStorage {
         let lease_ms = lease_millis(lease)?;
         let max_attempts = self.options.max_attempts;
         self.write("queue_claim", |tx| {
-            let now = now_millis();
+            let now = self.options.clock.now_ms();
             touch_existing(tx, scope, now)?;
             let Some((id, _)) = next_visible(tx, scope, now, max_attempts)? else {
                 return Ok(None);
@@ -947,9 +947,9 @@ impl FunctionStorage for SqliteStorage {
                 .prepare_cached(
                     "DELETE FROM queue WHERE claim_id = ?1 AND scope = ?2 AND visible_at_ms > ?3",
                 )?
-                .execute(params![claim_id, scope, now_millis()])?;
+                .execute(params![claim_id, scope, self.options.clock.now_ms()])?;
             if n == 1 {
-                touch_existing(tx, scope, now_millis())?;
+                touch_existing(tx, scope, self.options.clock.now_ms())?;
             }
             Ok(n == 1)
         })
@@ -962,9 +962,9 @@ impl FunctionStorage for SqliteStorage {
                     "UPDATE queue SET visible_at_ms = 0, claim_id = NULL
                      WHERE claim_id = ?1 AND scope = ?2 AND visible_at_ms > ?3",
                 )?
-                .execute(params![claim_id, scope, now_millis()])?;
+                .execute(params![claim_id, scope, self.options.clock.now_ms()])?;
             if n == 1 {
-                touch_existing(tx, scope, now_millis())?;
+                touch_existing(tx, scope, self.options.clock.now_ms())?;
             }
             Ok(n == 1)
         })
@@ -973,7 +973,7 @@ impl FunctionStorage for SqliteStorage {
     fn queue_extend(&self, scope: &[u8], claim_id: i64, lease: Duration) -> Result<bool> {
         let lease_ms = lease_millis(lease)?;
         self.write("queue_extend", |tx| {
-            let now = now_millis();
+            let now = self.options.clock.now_ms();
             let n = tx
                 .prepare_cached(
                     "UPDATE queue SET visible_at_ms = ?4
@@ -1011,7 +1011,7 @@ impl FunctionStorage for SqliteStorage {
     fn gc_prefix(&self, scope_prefix: &[u8], ttl: Duration) -> Result<u64> {
         // Sweep in batches so one huge sweep never holds the write lock for long.
         const BATCH: i64 = 64;
-        let cutoff = now_millis().saturating_sub(millis(ttl));
+        let cutoff = self.options.clock.now_ms().saturating_sub(millis(ttl));
         let range = KeyRange::prefix(scope_prefix);
         let (bounds, bound_args) = range_sql(&range, 3);
         let sql = format!(
@@ -1085,7 +1085,14 @@ impl FunctionStorage for SqliteStorage {
                 "INSERT INTO idempotency (key, reply, created_ms, fingerprint)
                  VALUES (?1, ?2, ?3, ?4)",
             )
-            .and_then(|mut stmt| stmt.execute(params![key, reply, now_millis(), fingerprint]))
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    key,
+                    reply,
+                    self.options.clock.now_ms(),
+                    fingerprint
+                ])
+            })
             .and_then(|_| conn.execute_batch("COMMIT"))
             .map_err(map)?;
         }
@@ -1094,7 +1101,7 @@ impl FunctionStorage for SqliteStorage {
     }
 
     fn expire_once_keys(&self, age: Duration) -> Result<u64> {
-        let cutoff = now_millis().saturating_sub(millis(age));
+        let cutoff = self.options.clock.now_ms().saturating_sub(millis(age));
         self.write("expire_once_keys", |tx| {
             let n = tx
                 .prepare_cached("DELETE FROM idempotency WHERE created_ms < ?1")?

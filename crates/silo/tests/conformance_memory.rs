@@ -41,3 +41,16 @@ fn apply_once_is_isolated_by_prefix() {
         silo::conformance::apply_once_fails_atomically_at_every_step,
     );
 }
+
+/// Every check on a store with a manual clock: leases and sweeps without sleeping.
+mod clocked {
+    silo::conformance_tests!(clocked {
+        let clock = silo::Clock::manual_now();
+        let options = silo::StoreOptions {
+            max_value_bytes: 65 << 20,
+            clock: clock.clone(),
+            ..silo::StoreOptions::default()
+        };
+        (std::sync::Arc::new(silo::MemoryStorage::with_options(options)), clock)
+    });
+}

@@ -72,3 +72,8 @@ fn apply_once_is_isolated_by_prefix() {
         silo::conformance::apply_once_fails_atomically_at_every_step,
     );
 }
+
+/// Every check on a store with a manual clock: leases and sweeps without sleeping.
+mod clocked {
+    silo::conformance_tests!(clocked super::common::TempStore::sqlite_clocked());
+}

@@ -6,11 +6,25 @@
 //! test harness. Checks use their own scopes but `gc_drops_only_stale_scopes` sweeps the whole
 //! store, so give each check a fresh store (the macro does).
 
+use std::cell::RefCell;
 use std::time::Duration;
 
-use crate::{Error, FunctionStorage, KeyRange, PrefixStore, Selection};
+use crate::{Clock, Error, FunctionStorage, KeyRange, PrefixStore, Selection};
 
 pub mod processes;
+
+thread_local! {
+    /// The clock of the store under test on this thread, set by [`run_clocked`].
+    static CLOCK: RefCell<Clock> = RefCell::new(Clock::system());
+}
+
+/// Lets `d` pass for the store under test: advances its manual clock, or sleeps when it reads
+/// the system's.
+fn wait(d: Duration) {
+    if !CLOCK.with(|c| c.borrow().advance(d)) {
+        std::thread::sleep(d);
+    }
+}
 
 fn v(s: &str) -> Vec<u8> {
     s.as_bytes().to_vec()
@@ -471,7 +485,7 @@ pub fn gc_drops_only_stale_scopes(s: &dyn FunctionStorage) {
         0,
         "nothing is an hour old"
     );
-    std::thread::sleep(Duration::from_millis(2100));
+    wait(Duration::from_millis(2100));
     s.kv_put(b"gc-fresh", b"k", b"v2").unwrap();
     assert_eq!(
         s.gc(Duration::from_millis(1500)).unwrap(),
@@ -586,7 +600,7 @@ pub fn queue_leases(s: &dyn FunctionStorage) {
         "a claim belongs to its scope"
     );
 
-    std::thread::sleep(lease + Duration::from_millis(200));
+    wait(lease + Duration::from_millis(200));
     let again = s
         .queue_claim(sc, lease)
         .unwrap()
@@ -619,7 +633,7 @@ pub fn queue_leases(s: &dyn FunctionStorage) {
         s.queue_extend(sc, third.id, Duration::from_secs(5))
             .unwrap()
     );
-    std::thread::sleep(lease + Duration::from_millis(200));
+    wait(lease + Duration::from_millis(200));
     assert_eq!(
         s.queue_claim(sc, lease).unwrap(),
         None,
@@ -806,7 +820,7 @@ pub fn gc_prefix_sweeps_only_its_prefix(s: &dyn FunctionStorage) {
     s.kv_put(b"tenant-a/2", b"k", b"v").unwrap();
     s.kv_put(b"tenant-b/1", b"k", b"v").unwrap();
     s.kv_put(b"tenant-", b"k", b"v").unwrap();
-    std::thread::sleep(Duration::from_millis(1100));
+    wait(Duration::from_millis(1100));
     assert_eq!(
         s.gc_prefix(b"tenant-a/", Duration::from_millis(500))
             .unwrap(),
@@ -904,7 +918,7 @@ pub fn apply_once_applies_once(s: &dyn FunctionStorage) {
         "concurrent retries apply once"
     );
 
-    std::thread::sleep(Duration::from_millis(50));
+    wait(Duration::from_millis(50));
     assert!(s.expire_once_keys(Duration::from_millis(10)).unwrap() >= 4);
     s.apply_once(b"key-1", fp, &mut push).unwrap();
     assert_eq!(s.queue_len(sc).unwrap(), 4, "an expired key applies again");
@@ -972,7 +986,7 @@ pub fn every_change_touches_its_scope(s: &dyn FunctionStorage) {
         claims.push(claim.id);
     }
     s.kv_put(b"touch-untouched", b"k", b"v").unwrap();
-    std::thread::sleep(Duration::from_millis(2200));
+    wait(Duration::from_millis(2200));
     for ((name, change), claim) in changes.iter().zip(&claims) {
         change(s, &scope(name), *claim);
     }
@@ -1047,7 +1061,7 @@ pub fn lease_expiry_has_one_owner(s: &dyn FunctionStorage) {
         s.queue_push(sc, &[round.to_le_bytes().to_vec()]).unwrap();
         let first = s.queue_claim(sc, lease).unwrap().expect("an item to claim");
         // Land on both sides of the expiry across rounds.
-        std::thread::sleep(lease + Duration::from_millis(round % 4 * 4) - Duration::from_millis(6));
+        wait(lease + Duration::from_millis(round % 4 * 4) - Duration::from_millis(6));
         let (acked, reclaimed) = std::thread::scope(|t| {
             let ack = t.spawn(|| s.queue_ack(sc, first.id).unwrap());
             let claim = t.spawn(|| s.queue_claim(sc, Duration::from_secs(60)).unwrap());
@@ -1056,7 +1070,7 @@ pub fn lease_expiry_has_one_owner(s: &dyn FunctionStorage) {
         let reclaimed = match (acked, reclaimed) {
             // The claim ran just before the expiry, the ack just after: the item is waiting.
             (false, None) => {
-                std::thread::sleep(lease);
+                wait(lease);
                 s.queue_claim(sc, Duration::from_secs(60)).unwrap()
             }
             (_, other) => other,
@@ -1279,6 +1293,20 @@ pub fn run(store: &dyn FunctionStorage, check: fn(&dyn FunctionStorage)) {
     check(store);
 }
 
+/// Runs a check on a store that reads `clock` (a [`Clock::manual`] one): the check's waits
+/// advance the clock instead of sleeping.
+pub fn run_clocked(store: &dyn FunctionStorage, clock: &Clock, check: fn(&dyn FunctionStorage)) {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CLOCK.with(|c| *c.borrow_mut() = Clock::system());
+        }
+    }
+    CLOCK.with(|c| *c.borrow_mut() = clock.clone());
+    let _reset = Reset;
+    check(store);
+}
+
 /// Runs a check twice on one store, through two tenants' [`PrefixStore`]s: the second run
 /// passes only if nothing of the first (data, sweeps, idempotency keys) leaked across the
 /// prefix, for every operation the check uses.
@@ -1292,7 +1320,7 @@ pub fn run_isolated(store: &dyn FunctionStorage, check: fn(&dyn FunctionStorage)
 #[macro_export]
 macro_rules! core_conformance_tests {
     ($factory:expr) => {
-        $crate::conformance_tests!(@each $factory, $crate::conformance::run;
+        $crate::conformance_tests!(@each $factory, run;
             core_kv_roundtrip, core_queue_fifo, core_clear, core_adversarial_names,
             log_ordering_and_cursors, queue_concurrent_pops, value_sizes);
     };
@@ -1306,15 +1334,21 @@ macro_rules! core_conformance_tests {
 ///
 /// `conformance_tests!(isolated $factory)` runs every check twice on each store, through two
 /// tenants' prefixes ([`run_isolated`](crate::conformance::run_isolated)).
+/// `conformance_tests!(clocked $factory)` takes a factory yielding `(store, clock)` where the
+/// store reads the [`Clock::manual`](crate::Clock::manual) `clock`: waits for leases and
+/// sweeps advance it instead of sleeping.
 #[macro_export]
 macro_rules! conformance_tests {
+    (clocked $factory:expr) => {
+        $crate::conformance_tests!(@all $factory, clocked);
+    };
     (isolated $factory:expr) => {
-        $crate::conformance_tests!(@all $factory, $crate::conformance::run_isolated);
+        $crate::conformance_tests!(@all $factory, run_isolated);
     };
     ($factory:expr) => {
-        $crate::conformance_tests!(@all $factory, $crate::conformance::run);
+        $crate::conformance_tests!(@all $factory, run);
     };
-    (@all $factory:expr, $runner:path) => {
+    (@all $factory:expr, $runner:ident) => {
         $crate::conformance_tests!(@each $factory, $runner;
             kv_roundtrip, state_namespaces_are_isolated, state_batches, state_scan_ranges,
             state_delete_selections, state_drain_takes_everything_once,
@@ -1325,12 +1359,21 @@ macro_rules! conformance_tests {
             adversarial_names, value_sizes, oversized_values_rejected, stat_counts,
             every_change_touches_its_scope);
     };
-    (@each $factory:expr, $runner:path; $($check:ident),* $(,)?) => {
+    (@each $factory:expr, clocked; $($check:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $check() {
+                let (store, clock) = $factory;
+                $crate::conformance::run_clocked(&*store, &clock, $crate::conformance::$check);
+            }
+        )*
+    };
+    (@each $factory:expr, $runner:ident; $($check:ident),* $(,)?) => {
         $(
             #[test]
             fn $check() {
                 let store = $factory;
-                $runner(&*store, $crate::conformance::$check);
+                $crate::conformance::$runner(&*store, $crate::conformance::$check);
             }
         )*
     };

@@ -26,6 +26,24 @@ impl TempStore {
     }
 }
 
+impl TempStore {
+    /// A fresh SQLite store that reads a manual clock (the kit's waits advance it), with
+    /// values up to 65 MiB; and the clock.
+    pub fn sqlite_clocked() -> (TempStore, silo::Clock) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.db");
+        let clock = silo::Clock::manual_now();
+        let options = silo::StoreOptions {
+            max_value_bytes: 65 << 20,
+            clock: clock.clone(),
+            ..silo::StoreOptions::default()
+        };
+        let store = Arc::new(silo::SqliteStorage::open(&path, options).expect("open sqlite"));
+        let url = silo::sqlite_url(&path).expect("a URL");
+        (TempStore { store, url, dir }, clock)
+    }
+}
+
 impl Deref for TempStore {
     type Target = dyn FunctionStorage;
     fn deref(&self) -> &Self::Target {
