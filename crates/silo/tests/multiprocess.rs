@@ -9,7 +9,7 @@ use common::TempStore;
 use silo::conformance::processes::{self, finish, spawn};
 
 silo::worker_entry!(|role, url| {
-    if role != "fill" {
+    if role != "fill" && role != "fill-batches" {
         return false;
     }
     let store = silo::open(url).expect("worker opens the store");
@@ -17,15 +17,22 @@ silo::worker_entry!(|role, url| {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    fill_until_full(&*store, fsize, &mut std::io::stdout().lock());
+    limit_file_size(fsize);
+    if role == "fill" {
+        fill_until_full(&*store, &mut std::io::stdout().lock());
+    } else {
+        fill_with_batches(&*store, &mut std::io::stdout().lock());
+    }
     true
 });
 
-/// Writes until a file-size limit stops it; prints each acknowledged sequence number and
-/// finally the error it got.
-fn fill_until_full(store: &dyn silo::FunctionStorage, fsize: u64, out: &mut impl Write) {
-    // SAFETY: plain libc calls on this process: ignore SIGXFSZ so an oversized write fails
-    // with EFBIG instead of killing the process, then cap the size of any file we write.
+/// Items per batch in the `fill-batches` role.
+const BATCH: u32 = 8;
+
+/// Caps the size of any file this process writes; an oversized write then fails with EFBIG
+/// instead of killing the process.
+fn limit_file_size(fsize: u64) {
+    // SAFETY: plain libc calls on this process: ignore SIGXFSZ, then set the limit.
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
         let limit = libc::rlimit {
@@ -34,6 +41,45 @@ fn fill_until_full(store: &dyn silo::FunctionStorage, fsize: u64, out: &mut impl
         };
         assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
     }
+}
+
+/// Alternates batches (a `state_put_many` and a `queue_push` of `BATCH` 16 KiB values each)
+/// until the file-size limit stops one midway through its commit; prints each acknowledged
+/// batch and the error.
+fn fill_with_batches(store: &dyn silo::FunctionStorage, out: &mut impl Write) {
+    let value = |seq: u64, i: u32| {
+        let mut v = vec![0xcdu8; 16 << 10];
+        v[..8].copy_from_slice(&seq.to_le_bytes());
+        v[8..12].copy_from_slice(&i.to_le_bytes());
+        v
+    };
+    for seq in 0u64.. {
+        let outcome = if seq % 2 == 0 {
+            let pairs: Vec<_> = (0..BATCH)
+                .map(|i| ([seq.to_be_bytes(), [0; 8]].concat()[..12].to_vec(), i))
+                .map(|(mut k, i)| {
+                    k[8..12].copy_from_slice(&i.to_be_bytes());
+                    (k, value(seq, i))
+                })
+                .collect();
+            store.state_put_many(b"mp-batches", b"b", &pairs)
+        } else {
+            let items: Vec<_> = (0..BATCH).map(|i| value(seq, i)).collect();
+            store.queue_push(b"mp-batches", &items)
+        };
+        match outcome {
+            Ok(()) => writeln!(out, "ok {seq}").unwrap(),
+            Err(e) => {
+                writeln!(out, "error {seq} {e}").unwrap();
+                return;
+            }
+        }
+    }
+}
+
+/// Writes until a file-size limit stops it; prints each acknowledged sequence number and
+/// finally the error it got.
+fn fill_until_full(store: &dyn silo::FunctionStorage, out: &mut impl Write) {
     let value = vec![0xabu8; 16 << 10];
     for seq in 0u64.. {
         match store.kv_put(b"mp-full", &seq.to_be_bytes(), &value) {
@@ -139,4 +185,65 @@ fn a_worker_waiting_for_a_lost_stop_fails_at_the_deadline() {
         .cloned()
         .unwrap_or_default();
     assert!(text.contains("did not finish"), "{text}");
+}
+
+/// Batches that a full disk stops midway through their commit are all-or-nothing: every
+/// acknowledged batch is whole, the failed one left no item behind, and none is partial. The
+/// limit is moved across a batch's width so the cut falls at every point inside one.
+#[test]
+fn sqlite_batches_cut_by_a_full_disk_are_all_or_nothing() {
+    for cut in 0..BATCH as u64 {
+        batches_cut_by_a_full_disk((3 << 20) + cut * ((16 << 10) + 977));
+    }
+}
+
+fn batches_cut_by_a_full_disk(room: u64) {
+    let temp = TempStore::sqlite("");
+    let db_len = std::fs::metadata(temp.dir.path().join("state.db"))
+        .unwrap()
+        .len();
+    let child = spawn(
+        &temp.url,
+        "fill-batches",
+        &[("FSIZE", (db_len + room).to_string())],
+    );
+    let lines = finish(child);
+    let failed: u64 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("error "))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .expect("a batch hit the limit");
+    let acked: Vec<u64> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("ok ").map(|s| s.parse().unwrap()))
+        .collect();
+    assert!(
+        acked.len() > 4,
+        "some batches fit before the limit: {lines:?}"
+    );
+    let store = silo::open(&temp.url).expect("store opens after the full disk");
+    let mut count = std::collections::BTreeMap::<u64, u32>::new();
+    for (key, value) in store.state_drain(b"mp-batches", b"b").unwrap() {
+        let seq = u64::from_be_bytes(key[..8].try_into().unwrap());
+        assert_eq!(value[..8], seq.to_le_bytes(), "pair of batch {seq} intact");
+        *count.entry(seq).or_default() += 1;
+    }
+    while let Some(item) = store.queue_pop(b"mp-batches").unwrap() {
+        let seq = u64::from_le_bytes(item[..8].try_into().unwrap());
+        *count.entry(seq).or_default() += 1;
+    }
+    for (seq, n) in &count {
+        assert_eq!(*n, BATCH, "batch {seq} is whole, not partial (room {room})");
+        assert!(
+            acked.contains(seq),
+            "batch {seq} was stored but not acknowledged"
+        );
+    }
+    for seq in &acked {
+        assert!(count.contains_key(seq), "acknowledged batch {seq} kept");
+    }
+    assert!(
+        !count.contains_key(&failed),
+        "the failed batch {failed} left nothing"
+    );
 }
