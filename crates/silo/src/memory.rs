@@ -163,6 +163,28 @@ impl MemoryStorage {
         self.with(|inner| inner.scopes.get(scope).map(f))
     }
 
+    /// Runs `f(scope, item id, now)` when `claim_id` is a live lease of the scope, marking the
+    /// scope written; returns whether it was.
+    fn with_live_claim(
+        &self,
+        scope: &[u8],
+        claim_id: i64,
+        f: impl FnOnce(&mut Scope, i64, i64),
+    ) -> Result<bool> {
+        self.with(|inner| {
+            let Some(s) = inner.scopes.get_mut(scope) else {
+                return false;
+            };
+            let now = self.options.clock.now_ms();
+            let Some(item_id) = s.live_claim(claim_id, now) else {
+                return false;
+            };
+            s.touched_ms = now;
+            f(s, item_id, now);
+            true
+        })
+    }
+
     fn check_lease(lease: Duration) -> Result<i64> {
         let ms = millis(lease);
         if ms <= 0 {
@@ -468,57 +490,28 @@ impl FunctionStorage for MemoryStorage {
     }
 
     fn queue_ack(&self, scope: &[u8], claim_id: i64) -> Result<bool> {
-        self.with(|inner| {
-            let Some(s) = inner.scopes.get_mut(scope) else {
-                return false;
-            };
-            let now = self.options.clock.now_ms();
-            let Some(item_id) = s.live_claim(claim_id, now) else {
-                return false;
-            };
-            s.touched_ms = now;
+        self.with_live_claim(scope, claim_id, |s, item_id, _| {
             s.queue.remove(&item_id);
             s.claims.remove(&claim_id);
-            true
         })
     }
 
     fn queue_release(&self, scope: &[u8], claim_id: i64) -> Result<bool> {
-        self.with(|inner| {
-            let Some(s) = inner.scopes.get_mut(scope) else {
-                return false;
-            };
-            let now = self.options.clock.now_ms();
-            let Some(item) = s
-                .live_claim(claim_id, now)
-                .and_then(|id| s.queue.get_mut(&id))
-            else {
-                return false;
-            };
-            item.visible_at_ms = 0;
-            item.claim = None;
-            s.touched_ms = now;
+        self.with_live_claim(scope, claim_id, |s, item_id, _| {
+            if let Some(item) = s.queue.get_mut(&item_id) {
+                item.visible_at_ms = 0;
+                item.claim = None;
+            }
             s.claims.remove(&claim_id);
-            true
         })
     }
 
     fn queue_extend(&self, scope: &[u8], claim_id: i64, lease: Duration) -> Result<bool> {
         let lease_ms = Self::check_lease(lease)?;
-        self.with(|inner| {
-            let Some(s) = inner.scopes.get_mut(scope) else {
-                return false;
-            };
-            let now = self.options.clock.now_ms();
-            let Some(item) = s
-                .live_claim(claim_id, now)
-                .and_then(|id| s.queue.get_mut(&id))
-            else {
-                return false;
-            };
-            item.visible_at_ms = now.saturating_add(lease_ms);
-            s.touched_ms = now;
-            true
+        self.with_live_claim(scope, claim_id, |s, item_id, now| {
+            if let Some(item) = s.queue.get_mut(&item_id) {
+                item.visible_at_ms = now.saturating_add(lease_ms);
+            }
         })
     }
 
