@@ -39,7 +39,7 @@ fn client(port: u16, retries: u32) -> HttpStorage {
         HttpOptions {
             retries,
             timeout: Duration::from_secs(5),
-            token: None,
+            ..HttpOptions::default()
         },
     )
     .unwrap()

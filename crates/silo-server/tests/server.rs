@@ -722,3 +722,40 @@ fn the_server_sweeps_orphans_and_reports_it() {
     assert!(value("silo_orphan_scopes_swept_total ") >= 1);
     assert!(value("silo_orphan_last_sweep_timestamp_seconds ") > 0);
 }
+
+/// A reply over the client's limit is a final `InvalidInput`: the same request would bring
+/// the same reply, so it is sent once, not retried.
+#[test]
+fn a_reply_over_the_clients_limit_is_final() {
+    let (_dir, url) = sqlite_url("");
+    let store = silo::open(&url).unwrap();
+    store.kv_put(b"s", b"big", &[7u8; 4096]).unwrap();
+    let server = common::start(Config::new(store.clone()));
+    let client = HttpStorage::new(
+        &server.url(),
+        HttpOptions {
+            retries: 5,
+            max_reply_bytes: 1024,
+            ..HttpOptions::default()
+        },
+    )
+    .unwrap();
+    let err = client.kv_get(b"s", b"big").unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+    assert!(err.to_string().contains("1024"), "{err}");
+    let metrics = ureq::get(format!("{}/metrics", server.url()))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("silo_requests_total{op=\"KvGet\"} 1\n"),
+        "sent once, not retried:\n{metrics}"
+    );
+    assert_eq!(
+        client.kv_get(b"s", b"missing").unwrap(),
+        None,
+        "small replies pass"
+    );
+}

@@ -32,6 +32,8 @@ pub struct HttpOptions {
     pub timeout: Duration,
     /// Bearer token (from `SILO_TOKEN` or `VGI_STORAGE_TOKEN` when opened by URL).
     pub token: Option<String>,
+    /// Largest reply body accepted; a larger one is a final `InvalidInput`, never retried.
+    pub max_reply_bytes: u64,
 }
 
 impl Default for HttpOptions {
@@ -40,6 +42,7 @@ impl Default for HttpOptions {
             retries: 8,
             timeout: Duration::from_secs(60),
             token: None,
+            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
         }
     }
 }
@@ -75,9 +78,9 @@ impl std::fmt::Debug for HttpStorage {
     }
 }
 
-/// The most a reply body may be: values can be large, but not unbounded. Above the server's
-/// own default reply limit (512 MiB), so that the server's clearer error is what users see.
-const MAX_REPLY_BYTES: u64 = 1 << 30;
+/// The default largest reply: values can be large, but not unbounded. Above the server's own
+/// default reply limit (512 MiB), so that the server's clearer error is what users see.
+pub const DEFAULT_MAX_REPLY_BYTES: u64 = 1 << 30;
 
 impl HttpStorage {
     /// A client of the server at `base` (`http://host:port`, optionally with a path prefix).
@@ -121,9 +124,11 @@ impl HttpStorage {
             match &*name {
                 "retries" => options.retries = u32::try_from(number()?).unwrap_or(u32::MAX),
                 "timeout_ms" => options.timeout = Duration::from_millis(number()?),
+                "max_reply_bytes" => options.max_reply_bytes = number()?,
                 other => {
                     return Err(Error::config(format!(
-                        "unknown http store option {other:?} (known: retries, timeout_ms)"
+                        "unknown http store option {other:?} (known: retries, timeout_ms, \
+                         max_reply_bytes)"
                     )));
                 }
             }
@@ -167,7 +172,7 @@ impl HttpStorage {
                 format!("{} (not a silo server: no /v1/info)", self.base),
             )));
         }
-        read_answer(resp)
+        read_answer(resp, self.options.max_reply_bytes)
     }
 
     fn call(&self, op: StorageOp) -> Result<StorageReply> {
@@ -234,13 +239,14 @@ impl HttpStorage {
         let resp = req
             .send(body)
             .map_err(|e| Exchange::Retry(format!("transport: {e}")))?;
-        read_answer(resp)
+        read_answer(resp, self.options.max_reply_bytes)
     }
 }
 
 /// The body of a 200 answer; any other status as a retryable or a final failure.
 fn read_answer(
     mut resp: ureq::http::Response<ureq::Body>,
+    max_reply_bytes: u64,
 ) -> std::result::Result<Vec<u8>, Exchange> {
     let status = resp.status().as_u16();
     let kind = resp
@@ -252,7 +258,7 @@ fn read_answer(
         return resp
             .body_mut()
             .with_config()
-            .limit(MAX_REPLY_BYTES)
+            .limit(max_reply_bytes)
             .read_to_vec()
             .map_err(|e| match e {
                 // The same request would bring the same reply: retrying cannot help.
