@@ -759,3 +759,72 @@ fn a_reply_over_the_clients_limit_is_final() {
         "small replies pass"
     );
 }
+
+/// A store that fails every third operation *after* applying it (a crash or a lost reply
+/// after the effect), under a server, with silo's client retrying: every write is applied
+/// exactly once — the failed attempt's effect is rolled back with its idempotency record, and
+/// the retry applies it for real.
+#[test]
+fn faults_after_the_effect_never_double_apply() {
+    use silo::conformance::faults::{FaultMode, Faults};
+    let (_dir, url) = sqlite_url("");
+    let direct = silo::open(&url).unwrap();
+    let faults = Faults::every(3, FaultMode::After);
+    let faulty: Arc<dyn FunctionStorage> =
+        Arc::new(silo::Layered::with_layer(direct.clone(), faults.clone()));
+    let server = common::start(Config::new(faulty));
+    let client = HttpStorage::new(
+        &server.url(),
+        HttpOptions {
+            retries: 30,
+            ..HttpOptions::default()
+        },
+    )
+    .unwrap();
+    let mut popped = Vec::new();
+    for i in 0..40u32 {
+        client.counter_add(b"s", b"", b"c", 1).unwrap();
+        client.append(b"s", b"", b"log", &i.to_le_bytes()).unwrap();
+        client
+            .queue_push(b"s", &[i.to_le_bytes().to_vec()])
+            .unwrap();
+        client
+            .state_put_many(b"s", b"n", &[(i.to_le_bytes().to_vec(), b"v".to_vec())])
+            .unwrap();
+        if i % 2 == 1 {
+            popped.extend(client.queue_pop(b"s").unwrap());
+        }
+    }
+    assert!(
+        faults.injected() >= 40,
+        "faults were injected: {}",
+        faults.injected()
+    );
+    assert_eq!(
+        direct.counter_get(b"s", b"", b"c").unwrap(),
+        40,
+        "each add applied once"
+    );
+    let log: Vec<Vec<u8>> = direct
+        .scan(b"s", b"", b"log", 0, u64::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    let want: Vec<Vec<u8>> = (0..40u32).map(|i| i.to_le_bytes().to_vec()).collect();
+    assert_eq!(log, want, "each append once, in order");
+    while let Some(item) = direct.queue_pop(b"s").unwrap() {
+        popped.push(item);
+    }
+    assert_eq!(
+        popped, want,
+        "each item pushed once and popped once, in order"
+    );
+    assert_eq!(
+        direct
+            .state_scan(b"s", b"n", &silo::KeyRange::all(), false, u64::MAX)
+            .unwrap()
+            .len(),
+        40
+    );
+}

@@ -28,10 +28,10 @@ pub mod conformance;
 mod error;
 #[cfg(feature = "http")]
 pub mod http;
+mod layer;
 mod memory;
 mod open;
 mod options;
-mod prefix;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod storage;
@@ -42,12 +42,12 @@ pub use error::{Error, Result};
 
 /// This library's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use layer::{Layer, Layered, Prefix, PrefixStore};
 pub use memory::MemoryStorage;
 pub use open::{
     DEFAULT_ORPHAN_TTL, EnvConfig, default_sqlite_path, default_url, from_env, open, sqlite_url,
 };
 pub use options::{Clock, StoreOptions, SyncMode};
-pub use prefix::PrefixStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStorage;
 pub use storage::{

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::{Clock, Error, FunctionStorage, KeyRange, PrefixStore, Selection};
 
+pub mod faults;
 pub mod processes;
 
 thread_local! {
