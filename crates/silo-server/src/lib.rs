@@ -366,11 +366,19 @@ impl App {
     }
 }
 
+/// How the reply-size error begins, so the handler can count it (it comes back through the
+/// store's `apply_once` as a plain `InvalidInput`).
+const REPLY_TOO_LARGE: &str = "the reply would be";
+
 fn reply_too_large(len: usize, limit: usize) -> Error {
     Error::invalid(format!(
-        "the reply would be {len} bytes, over the server's limit of {limit} \
+        "{REPLY_TOO_LARGE} {len} bytes, over the server's limit of {limit} \
          (silo serve --max-reply-bytes); read in pages with a smaller limit"
     ))
+}
+
+fn is_reply_too_large(e: &Error) -> bool {
+    matches!(e, Error::InvalidInput { message } if message.starts_with(REPLY_TOO_LARGE))
 }
 
 /// A process-unique number (for keys that must never match another request's).
@@ -477,7 +485,7 @@ async fn rpc(State(app): State<Arc<App>>, request: Request) -> Response {
             ([(header::CONTENT_TYPE, "application/octet-stream")], reply).into_response()
         }
         Ok(Err(e)) => {
-            if e.to_string().contains("--max-reply-bytes") {
+            if is_reply_too_large(&e) {
                 app.metrics.reject(Rejection::ReplyTooLarge);
             } else if !matches!(e, Error::InvalidInput { .. } | Error::Conflict { .. }) {
                 tracing::warn!(op = OP_NAMES[op], "request failed: {e}");
