@@ -1338,10 +1338,16 @@ macro_rules! core_conformance_tests {
 /// `conformance_tests!(clocked $factory)` takes a factory yielding `(store, clock)` where the
 /// store reads the [`Clock::manual`](crate::Clock::manual) `clock`: waits for leases and
 /// sweeps advance it instead of sleeping.
+///
+/// `conformance_tests!(twice $factory)` takes a factory yielding two views of one store (e.g.
+/// two tenants' clients of one server) and runs every check on the first, then on the second.
 #[macro_export]
 macro_rules! conformance_tests {
     (clocked $factory:expr) => {
         $crate::conformance_tests!(@all $factory, clocked);
+    };
+    (twice $factory:expr) => {
+        $crate::conformance_tests!(@all $factory, twice);
     };
     (isolated $factory:expr) => {
         $crate::conformance_tests!(@all $factory, run_isolated);
@@ -1366,6 +1372,16 @@ macro_rules! conformance_tests {
             fn $check() {
                 let (store, clock) = $factory;
                 $crate::conformance::run_clocked(&*store, &clock, $crate::conformance::$check);
+            }
+        )*
+    };
+    (@each $factory:expr, twice; $($check:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $check() {
+                let (first, second) = $factory;
+                $crate::conformance::run(&*first, $crate::conformance::$check);
+                $crate::conformance::run(&*second, $crate::conformance::$check);
             }
         )*
     };
