@@ -98,15 +98,11 @@ pub struct ServeArgs {
     pub bind: String,
 
     /// Bearer token every request must carry.
-    #[arg(
-        long,
-        env = "VGI_STORAGE_TOKEN",
-        hide_env_values = true,
-        conflicts_with = "tokens"
-    )]
+    #[arg(long, env = "VGI_STORAGE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
-    /// File of `TOKEN TENANT` lines: each token is a tenant, fenced off from the others.
+    /// File of `TOKEN TENANT` lines: each token is a tenant, fenced off from the others. Wins
+    /// over --token / VGI_STORAGE_TOKEN (which workers on the same host often have set).
     #[arg(long, value_name = "FILE")]
     pub tokens: Option<PathBuf>,
 

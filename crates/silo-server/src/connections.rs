@@ -12,12 +12,32 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::App;
 
 /// How long shutdown waits for requests in flight before it gives up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// A connection's slot and its place in the `silo_connections` gauge, given back when the
+/// connection's task ends, however it ends.
+struct OpenConnection {
+    app: Arc<App>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl OpenConnection {
+    fn new(app: Arc<App>, slot: OwnedSemaphorePermit) -> Self {
+        app.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        OpenConnection { app, _slot: slot }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.app.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 pub(crate) async fn serve(
     listener: TcpListener,
@@ -26,7 +46,9 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limits = app.config.limits;
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let slots = Arc::new(Semaphore::new(
+        limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -58,14 +80,12 @@ pub(crate) async fn serve(
         }
         let service = TowerToHyperService::new(router.clone());
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        let app = app.clone();
-        app.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        let open = OpenConnection::new(app.clone(), slot);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("connection ended: {e}");
             }
-            app.metrics.connections.fetch_sub(1, Ordering::Relaxed);
-            drop(slot);
+            drop(open);
         });
     }
     drop(listener);

@@ -140,8 +140,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 320 << 20;
 struct App {
     config: Config,
     metrics: Metrics,
-    requests: Semaphore,
-    body_bytes: Semaphore,
+    requests: Arc<Semaphore>,
+    body_bytes: Arc<Semaphore>,
 }
 
 /// The caller's scope prefix, set by the auth layer for the handlers behind it.
@@ -153,11 +153,22 @@ struct Caller {
 fn app(config: Config) -> Arc<App> {
     let limits = config.limits;
     Arc::new(App {
-        requests: Semaphore::new(limits.max_concurrent_requests.max(1)),
-        body_bytes: Semaphore::new(limits.max_inflight_bytes.clamp(1, Semaphore::MAX_PERMITS)),
+        requests: Arc::new(Semaphore::new(
+            limits
+                .max_concurrent_requests
+                .clamp(1, Semaphore::MAX_PERMITS),
+        )),
+        body_bytes: Arc::new(Semaphore::new(inflight_budget(&limits))),
         config,
         metrics: Metrics::default(),
     })
+}
+
+/// The in-flight byte budget: at least one byte, at most what one reservation can take.
+fn inflight_budget(limits: &Limits) -> usize {
+    limits
+        .max_inflight_bytes
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize))
 }
 
 /// The HTTP routes over `config`.
@@ -316,6 +327,7 @@ impl App {
     fn execute(
         &self,
         prefix: &[u8],
+        reply_limit: usize,
         body: &[u8],
         request: StorageRequest,
     ) -> silo::Result<Vec<u8>> {
@@ -326,18 +338,19 @@ impl App {
                     message: "Stat covers every tenant; it needs the server's admin token".into(),
                 });
             }
-            return self.execute_on(&PrefixStore::new(store, prefix.to_vec()), body, request);
+            let tenant = PrefixStore::new(store, prefix.to_vec());
+            return self.execute_on(&tenant, reply_limit, body, request);
         }
-        self.execute_on(store, body, request)
+        self.execute_on(store, reply_limit, body, request)
     }
 
     fn execute_on(
         &self,
         store: &dyn FunctionStorage,
+        limit: usize,
         body: &[u8],
         request: StorageRequest,
     ) -> silo::Result<Vec<u8>> {
-        let limit = self.config.limits.max_reply_bytes;
         let encode_bounded = |reply: &wire::StorageReply| -> silo::Result<Vec<u8>> {
             let bytes = wire::encode(reply)?;
             if bytes.len() > limit {
@@ -345,19 +358,23 @@ impl App {
             }
             Ok(bytes)
         };
-        // A drain's reply is its data: when it cannot be sent, the drain must not happen, so
-        // it always runs where a failure rolls back, keyed or not.
-        let (once_key, fingerprint) = match (&request.idempotency_key, &request.op) {
-            (Some(key), _) => (key.as_bytes().to_vec(), blake3::hash(op_bytes(body, key))),
-            (None, StorageOp::StateDrain { .. }) => {
-                let mut once_key = b"\0unkeyed-drain:".to_vec();
-                once_key.extend_from_slice(&unique_nonce().to_le_bytes());
-                (once_key, blake3::hash(body))
+        let Some(key) = request.idempotency_key.as_deref() else {
+            // A drain's reply is its data: when it cannot be sent, the drain must not happen,
+            // so it runs where a failure rolls it back (keyed requests always do).
+            if matches!(request.op, StorageOp::StateDrain { .. }) {
+                let mut op = Some(request.op);
+                return store.apply_atomically(&mut |store| {
+                    let op = op
+                        .take()
+                        .ok_or_else(|| Error::invalid("one request was applied twice"))?;
+                    encode_bounded(&wire::apply(store, op)?)
+                });
             }
-            (None, _) => return encode_bounded(&wire::apply(store, request.op)?),
+            return encode_bounded(&wire::apply(store, request.op)?);
         };
+        let fingerprint = blake3::hash(op_bytes(body, key));
         let mut op = Some(request.op);
-        store.apply_once(&once_key, fingerprint.as_bytes(), &mut |store| {
+        store.apply_once(key.as_bytes(), fingerprint.as_bytes(), &mut |store| {
             let op = op
                 .take()
                 .ok_or_else(|| Error::invalid("apply_once ran one request twice"))?;
@@ -381,16 +398,6 @@ fn is_reply_too_large(e: &Error) -> bool {
     matches!(e, Error::InvalidInput { message } if message.starts_with(REPLY_TOO_LARGE))
 }
 
-/// A process-unique number (for keys that must never match another request's).
-fn unique_nonce() -> u128 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    (t << 32) ^ u128::from(n) ^ (u128::from(std::process::id()) << 96)
-}
-
 async fn rpc(State(app): State<Arc<App>>, request: Request) -> Response {
     let prefix = match request.extensions().get::<Caller>() {
         Some(caller) => caller.prefix.clone(),
@@ -402,22 +409,35 @@ async fn rpc(State(app): State<Arc<App>>, request: Request) -> Response {
         return too_large(&app, max_body);
     }
     let limits = app.config.limits;
-    let Ok(Ok(_slot)) = tokio::time::timeout(limits.queue_wait, app.requests.acquire()).await
-    else {
+    // The client's own reply limit, when it sends one: the reply is checked against the
+    // smaller limit inside the operation's transaction, so a write whose reply the client
+    // would refuse is rolled back rather than lost on the way.
+    let reply_limit = request
+        .headers()
+        .get(wire::MAX_REPLY_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .map_or(limits.max_reply_bytes, |client| {
+            usize::try_from(client)
+                .map_or(limits.max_reply_bytes, |c| c.min(limits.max_reply_bytes))
+        });
+    // Owned permits travel with the work into the blocking pool: a client that hangs up
+    // drops this future, not the work, and the work keeps its slot until it ends.
+    let slot = tokio::time::timeout(limits.queue_wait, app.requests.clone().acquire_owned());
+    let Ok(Ok(slot)) = slot.await else {
         app.metrics.reject(Rejection::Overloaded);
         return overloaded("every request slot is taken; silo serve --max-concurrent-requests");
     };
     // Reserve the body's bytes before reading them: the declared length, or the most a body
-    // may be when the caller streams it without one.
+    // may be when the caller streams it without one (capped at the whole budget).
     let reserve = declared
         .unwrap_or(max_body)
-        .clamp(1, app.config.limits.max_inflight_bytes);
-    let Ok(permits) = u32::try_from(reserve) else {
-        return too_large(&app, max_body);
-    };
-    let Ok(Ok(_bytes)) =
-        tokio::time::timeout(limits.queue_wait, app.body_bytes.acquire_many(permits)).await
-    else {
+        .clamp(1, inflight_budget(&limits));
+    let permits = u32::try_from(reserve).unwrap_or(u32::MAX);
+    let bytes = tokio::time::timeout(
+        limits.queue_wait,
+        app.body_bytes.clone().acquire_many_owned(permits),
+    );
+    let Ok(Ok(bytes)) = bytes.await else {
         app.metrics.reject(Rejection::Overloaded);
         return overloaded("too many request bytes in flight; silo serve --max-inflight-bytes");
     };
@@ -478,8 +498,11 @@ async fn rpc(State(app): State<Arc<App>>, request: Request) -> Response {
     let op = request.op.index();
     let started = Instant::now();
     let worker = app.clone();
-    let outcome =
-        tokio::task::spawn_blocking(move || worker.execute(&prefix, &body, request)).await;
+    let outcome = tokio::task::spawn_blocking(move || {
+        let _held = (slot, bytes);
+        worker.execute(&prefix, reply_limit, &body, request)
+    })
+    .await;
     let response = match outcome {
         Ok(Ok(reply)) => {
             ([(header::CONTENT_TYPE, "application/octet-stream")], reply).into_response()

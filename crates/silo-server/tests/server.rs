@@ -828,3 +828,149 @@ fn faults_after_the_effect_never_double_apply() {
         40
     );
 }
+
+/// A write whose reply is over the client's limit is rolled back on the server (the client
+/// sends its limit; the server checks it inside the operation's transaction), so the popped
+/// item or drained pairs are still there, not lost between server and client.
+#[test]
+fn a_write_whose_reply_the_client_refuses_is_rolled_back() {
+    let (_dir, url) = sqlite_url("");
+    let store = silo::open(&url).unwrap();
+    store.queue_push(b"s", &[vec![1u8; 4096]]).unwrap();
+    store.state_put(b"s", b"n", b"k", &[2u8; 4096]).unwrap();
+    let server = common::start(Config::new(store.clone()));
+    let client = HttpStorage::new(
+        &server.url(),
+        HttpOptions {
+            max_reply_bytes: 1024,
+            ..HttpOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        client.queue_pop(b"s"),
+        Err(Error::InvalidInput { .. })
+    ));
+    assert_eq!(store.queue_len(b"s").unwrap(), 1, "the pop was rolled back");
+    assert!(matches!(
+        client.state_drain(b"s", b"n"),
+        Err(Error::InvalidInput { .. })
+    ));
+    assert!(
+        store.state_get(b"s", b"n", b"k").unwrap().is_some(),
+        "the drain too"
+    );
+}
+
+/// A process forked after its client was made sends keys of its own: the parent's and the
+/// child's first pops are two requests, not one replayed.
+#[test]
+fn forked_processes_do_not_share_idempotency_keys() {
+    use std::io::Read as _;
+    let (_dir, url) = sqlite_url("");
+    let store = silo::open(&url).unwrap();
+    store
+        .queue_push(b"s", &[b"one".to_vec(), b"two".to_vec()])
+        .unwrap();
+    let server = common::start(Config::new(store.clone()));
+    let client = HttpStorage::new(&server.url(), HttpOptions::default()).unwrap();
+    let mut fds = [0i32; 2];
+    // SAFETY: plain libc calls; the child only uses the client, writes to the pipe and exits
+    // without running destructors or returning into the test harness.
+    let child = unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        libc::fork()
+    };
+    assert!(child >= 0, "fork failed");
+    if child == 0 {
+        let popped = client.queue_pop(b"s").ok().flatten().unwrap_or_default();
+        // SAFETY: the write end of the pipe, then immediate exit.
+        unsafe {
+            libc::write(fds[1], popped.as_ptr().cast(), popped.len());
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: closing our copy of the write end and reaping the child.
+    unsafe {
+        libc::close(fds[1]);
+        let mut status = 0;
+        libc::waitpid(child, &mut status, 0);
+    }
+    // SAFETY: the read end is ours; File takes ownership and closes it.
+    let mut from_child = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[0]) };
+    let mut child_popped = Vec::new();
+    from_child.read_to_end(&mut child_popped).unwrap();
+    let parent_popped = client.queue_pop(b"s").unwrap().unwrap_or_default();
+    let mut both = vec![child_popped, parent_popped];
+    both.sort();
+    assert_eq!(
+        both,
+        vec![b"one".to_vec(), b"two".to_vec()],
+        "two pops, two items"
+    );
+    assert_eq!(store.queue_len(b"s").unwrap(), 0);
+}
+
+/// A layer that makes every `kv_get` slow and counts how many run at once.
+#[derive(Clone, Debug, Default)]
+struct SlowReads {
+    running: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+}
+
+impl silo::Layer for SlowReads {
+    fn call<T>(
+        &self,
+        op: &'static str,
+        inner: impl FnOnce() -> silo::Result<T>,
+    ) -> silo::Result<T> {
+        if op != "kv_get" {
+            return inner();
+        }
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(600));
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        inner()
+    }
+}
+
+/// Clients that hang up do not free their request slot while their work still runs: with one
+/// slot, never two operations execute at once.
+#[test]
+fn a_hung_up_request_keeps_its_slot_until_its_work_ends() {
+    let (_dir, url) = sqlite_url("");
+    let slow = SlowReads::default();
+    let store: Arc<dyn FunctionStorage> = Arc::new(silo::Layered::with_layer(
+        silo::open(&url).unwrap(),
+        slow.clone(),
+    ));
+    let server = common::start(Config {
+        limits: silo_server::Limits {
+            max_concurrent_requests: 1,
+            queue_wait: Duration::from_millis(100),
+            ..silo_server::Limits::default()
+        },
+        ..Config::new(store)
+    });
+    let body = get_request(b"s");
+    let mut hung_up = Vec::new();
+    for _ in 0..4 {
+        let mut conn = TcpStream::connect(server.addr).unwrap();
+        let head = format!(
+            "POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        conn.write_all(head.as_bytes()).unwrap();
+        conn.write_all(&body).unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        drop(conn);
+        hung_up.push(());
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        slow.most.load(Ordering::SeqCst),
+        1,
+        "one slot, one execution at a time"
+    );
+}

@@ -186,10 +186,13 @@ impl HttpStorage {
             }
         }
         let name = op.name();
+        // The pid is read per call: a process forked after this client was made continues its
+        // sequence, and must not send its parent's keys.
         let idempotency_key = op.is_write().then(|| {
             format!(
-                "{}-{}",
+                "{}-{}-{}",
                 self.client_id,
+                std::process::id(),
                 self.seq.fetch_add(1, Ordering::Relaxed)
             )
         });
@@ -229,10 +232,16 @@ impl HttpStorage {
 
     /// One POST of a request body.
     fn exchange(&self, body: &[u8]) -> std::result::Result<Vec<u8>, Exchange> {
+        // The server enforces this limit inside the operation's transaction, so a write whose
+        // reply would not fit here (a pop, a drain) is rolled back instead of lost on the way.
         let mut req = self
             .agent
             .post(&self.rpc)
-            .header("content-type", "application/octet-stream");
+            .header("content-type", "application/octet-stream")
+            .header(
+                wire::MAX_REPLY_HEADER,
+                self.options.max_reply_bytes.to_string(),
+            );
         if let Some(token) = &self.options.token {
             req = req.header("authorization", format!("Bearer {token}"));
         }
@@ -326,7 +335,7 @@ fn client_id() -> String {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos()),
     );
-    format!("silo-{:016x}-{}", h.finish(), std::process::id())
+    format!("silo-{:016x}", h.finish())
 }
 
 fn unexpected(op: &str, reply: &StorageReply) -> Error {

@@ -302,6 +302,17 @@ where
         })
     }
 
+    fn apply_atomically(
+        &self,
+        apply: &mut dyn FnMut(&dyn FunctionStorage) -> Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        let layer = self.layer.clone();
+        self.layer.call("apply_atomically", || {
+            self.inner
+                .apply_atomically(&mut |inner| apply(&Layered::with_layer(inner, layer.clone())))
+        })
+    }
+
     fn expire_once_keys(&self, age: Duration) -> Result<u64> {
         self.layer
             .call("expire_once_keys", || self.inner.expire_once_keys(age))

@@ -163,6 +163,51 @@ impl MemoryStorage {
         self.with(|inner| inner.scopes.get(scope).map(f))
     }
 
+    /// Runs `apply` with every other caller locked out, putting the snapshot taken before it
+    /// back when it fails or panics; with a `(key, fingerprint)` record, replays or refuses a
+    /// recorded key first and records the reply with the effect.
+    fn transact(
+        &self,
+        record: Option<(&[u8], &[u8])>,
+        apply: &mut dyn FnMut(&dyn FunctionStorage) -> Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        let guard = self.inner.lock();
+        if guard.in_apply_once.get() {
+            return Err(Error::invalid("apply_once cannot be nested"));
+        }
+        let snapshot = {
+            let data = guard.data.try_borrow().map_err(|_| Error::Backend {
+                backend: "memory".into(),
+                message: "apply_once re-entered the store while it was in use (a silo bug)".into(),
+            })?;
+            if let Some(stored) = record.and_then(|(key, _)| data.once.get(key)) {
+                return replay(stored, record.map_or(&[][..], |(_, fp)| fp));
+            }
+            data.clone()
+        };
+        guard.in_apply_once.set(true);
+        let mut rollback = Rollback {
+            store: &guard,
+            snapshot: Some(snapshot),
+        };
+        let reply = apply(self)?;
+        if let Some((key, fingerprint)) = record {
+            self.with(|inner| {
+                inner.once.insert(
+                    key.to_vec(),
+                    OnceRecord {
+                        reply: Val::from(&reply[..]),
+                        fingerprint: Val::from(fingerprint),
+                        created_ms: self.options.clock.now_ms(),
+                    },
+                );
+            })?;
+        }
+        rollback.snapshot = None;
+        drop(rollback);
+        Ok(reply)
+    }
+
     /// Runs `f(scope, item id, now)` when `claim_id` is a live lease of the scope, marking the
     /// scope written; returns whether it was.
     fn with_live_claim(
@@ -545,39 +590,14 @@ impl FunctionStorage for MemoryStorage {
         fingerprint: &[u8],
         apply: &mut dyn FnMut(&dyn FunctionStorage) -> Result<Vec<u8>>,
     ) -> Result<Vec<u8>> {
-        let guard = self.inner.lock();
-        if guard.in_apply_once.get() {
-            return Err(Error::invalid("apply_once cannot be nested"));
-        }
-        let snapshot = {
-            let data = guard.data.try_borrow().map_err(|_| Error::Backend {
-                backend: "memory".into(),
-                message: "apply_once re-entered the store while it was in use (a silo bug)".into(),
-            })?;
-            if let Some(record) = data.once.get(key) {
-                return replay(record, fingerprint);
-            }
-            data.clone()
-        };
-        guard.in_apply_once.set(true);
-        let mut rollback = Rollback {
-            store: &guard,
-            snapshot: Some(snapshot),
-        };
-        let reply = apply(self)?;
-        self.with(|inner| {
-            inner.once.insert(
-                key.to_vec(),
-                OnceRecord {
-                    reply: Val::from(&reply[..]),
-                    fingerprint: Val::from(fingerprint),
-                    created_ms: self.options.clock.now_ms(),
-                },
-            );
-        })?;
-        rollback.snapshot = None;
-        drop(rollback);
-        Ok(reply)
+        self.transact(Some((key, fingerprint)), apply)
+    }
+
+    fn apply_atomically(
+        &self,
+        apply: &mut dyn FnMut(&dyn FunctionStorage) -> Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        self.transact(None, apply)
     }
 
     fn expire_once_keys(&self, age: Duration) -> Result<u64> {

@@ -340,6 +340,75 @@ impl SqliteStorage {
     fn check_path(&self, scope: &[u8], ns: &[u8], key: &[u8]) -> Result<()> {
         self.options.check_path(scope, ns, key)
     }
+
+    /// Runs `apply` in one `BEGIN IMMEDIATE` transaction that its operations join (as
+    /// savepoints), rolled back on any failure or panic; with a `(key, fingerprint)` record,
+    /// replays or refuses a recorded key first and stores the reply in the same transaction.
+    fn transact(
+        &self,
+        record: Option<(&[u8], &[u8])>,
+        apply: &mut dyn FnMut(&dyn FunctionStorage) -> Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        let guard = self.writer.lock();
+        let map = |e| map_error(&self.path, "apply_once", e);
+        {
+            let conn = guard.conn.try_borrow_mut().map_err(|_| Error::Backend {
+                backend: "sqlite".into(),
+                message: "apply_once re-entered the writer (a silo bug)".into(),
+            })?;
+            if guard.in_apply_once.get() {
+                return Err(Error::invalid("apply_once cannot be nested"));
+            }
+            if !conn.is_autocommit() {
+                // Left open by a failed rollback: never run inside it.
+                conn.execute_batch("ROLLBACK").map_err(map)?;
+            }
+            retry(&self.path, "apply_once", self.options.busy_timeout, || {
+                Ok(conn.execute_batch("BEGIN IMMEDIATE")?)
+            })?;
+        }
+        // Rolls the transaction back on every exit that did not commit, panics included.
+        let open = OpenTransaction::new(&guard);
+        if let Some((key, fingerprint)) = record {
+            let replay: Option<(Vec<u8>, Vec<u8>)> = guard
+                .conn
+                .borrow()
+                .prepare_cached("SELECT reply, fingerprint FROM idempotency WHERE key = ?1")
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![key], |row| Ok((row.get(0)?, row.get(1)?)))
+                        .optional()
+                })
+                .map_err(map)?;
+            if let Some((reply, stored)) = replay {
+                if stored.is_empty() || stored == fingerprint {
+                    return Ok(reply);
+                }
+                return Err(crate::storage::key_reused());
+            }
+        }
+        let reply = apply(self)?;
+        {
+            let conn = guard.conn.borrow();
+            if let Some((key, fingerprint)) = record {
+                conn.prepare_cached(
+                    "INSERT INTO idempotency (key, reply, created_ms, fingerprint)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        key,
+                        reply,
+                        self.options.clock.now_ms(),
+                        fingerprint
+                    ])
+                })
+                .map_err(map)?;
+            }
+            conn.execute_batch("COMMIT").map_err(map)?;
+        }
+        drop(open);
+        Ok(reply)
+    }
 }
 
 /// Marks `apply_once`'s transaction open; dropping it ends the mark and rolls back whatever
@@ -1047,57 +1116,14 @@ impl FunctionStorage for SqliteStorage {
         fingerprint: &[u8],
         apply: &mut dyn FnMut(&dyn FunctionStorage) -> Result<Vec<u8>>,
     ) -> Result<Vec<u8>> {
-        let guard = self.writer.lock();
-        let map = |e| map_error(&self.path, "apply_once", e);
-        {
-            let conn = guard.conn.try_borrow_mut().map_err(|_| Error::Backend {
-                backend: "sqlite".into(),
-                message: "apply_once re-entered the writer (a silo bug)".into(),
-            })?;
-            if guard.in_apply_once.get() {
-                return Err(Error::invalid("apply_once cannot be nested"));
-            }
-            retry(&self.path, "apply_once", self.options.busy_timeout, || {
-                Ok(conn.execute_batch("BEGIN IMMEDIATE")?)
-            })?;
-        }
-        // Rolls the transaction back on every exit that did not commit, panics included.
-        let open = OpenTransaction::new(&guard);
-        let replay: Option<(Vec<u8>, Vec<u8>)> = guard
-            .conn
-            .borrow()
-            .prepare_cached("SELECT reply, fingerprint FROM idempotency WHERE key = ?1")
-            .and_then(|mut stmt| {
-                stmt.query_row(params![key], |row| Ok((row.get(0)?, row.get(1)?)))
-                    .optional()
-            })
-            .map_err(map)?;
-        if let Some((reply, stored)) = replay {
-            if stored.is_empty() || stored == fingerprint {
-                return Ok(reply);
-            }
-            return Err(crate::storage::key_reused());
-        }
-        let reply = apply(self)?;
-        {
-            let conn = guard.conn.borrow();
-            conn.prepare_cached(
-                "INSERT INTO idempotency (key, reply, created_ms, fingerprint)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    key,
-                    reply,
-                    self.options.clock.now_ms(),
-                    fingerprint
-                ])
-            })
-            .and_then(|_| conn.execute_batch("COMMIT"))
-            .map_err(map)?;
-        }
-        drop(open);
-        Ok(reply)
+        self.transact(Some((key, fingerprint)), apply)
+    }
+
+    fn apply_atomically(
+        &self,
+        apply: &mut dyn FnMut(&dyn FunctionStorage) -> Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        self.transact(None, apply)
     }
 
     fn expire_once_keys(&self, age: Duration) -> Result<u64> {

@@ -355,6 +355,21 @@ pub trait FunctionStorage: Send + Sync + fmt::Debug {
         Err(crate::Error::unsupported("apply_once", "this backend"))
     }
 
+    /// Runs `apply` (operations on the store it is given, on the calling thread) as one atomic
+    /// unit, with no record: when it fails or panics, none of its writes remain. (A server runs
+    /// an unkeyed drain this way, so a reply it cannot send undoes the drain.) Backends that
+    /// cannot do this return [`Error::Unsupported`](crate::Error::Unsupported).
+    fn apply_atomically(
+        &self,
+        apply: &mut dyn FnMut(&dyn FunctionStorage) -> Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        let _ = apply;
+        Err(crate::Error::unsupported(
+            "apply_atomically",
+            "this backend",
+        ))
+    }
+
     /// Forgets `apply_once` keys older than `age`; returns how many were forgotten.
     fn expire_once_keys(&self, age: Duration) -> Result<u64> {
         let _ = age;

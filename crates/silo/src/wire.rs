@@ -236,6 +236,10 @@ impl StorageOp {
     }
 }
 
+/// The request header in which silo's client names the largest reply it accepts; the server
+/// applies the smaller of it and its own limit inside the operation's transaction.
+pub const MAX_REPLY_HEADER: &str = "x-silo-max-reply-bytes";
+
 /// How an error travels: an HTTP status, and the `x-silo-error` header naming the kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {

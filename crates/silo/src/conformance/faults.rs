@@ -1,5 +1,6 @@
 //! Fault injection over any store: a [`Layer`] that fails every n-th operation, either before
-//! it reaches the store or after the store applied it (the case a retry must not repeat).
+//! it reaches the store or after the store applied it (the case a retry must not repeat) —
+//! including, in that mode, an `apply_once` that committed its effect and record.
 //! Wrap a store in it — under a server, inside `apply_once` — to prove that a failure at any
 //! point loses nothing and applies nothing twice.
 
@@ -57,8 +58,12 @@ impl Faults {
 
 impl Layer for Faults {
     fn call<T>(&self, op: &'static str, inner: impl FnOnce() -> Result<T>) -> Result<T> {
-        // Faults strike operations; the transaction around them and the bookkeeping pass.
-        if matches!(op, "apply_once" | "expire_once_keys" | "stat") {
+        // Bookkeeping passes. Faults strike operations; in `After` mode they also strike
+        // `apply_once` after it committed (a lost reply), which only a replay survives.
+        let transaction = matches!(op, "apply_once" | "apply_atomically");
+        if matches!(op, "expire_once_keys" | "stat")
+            || (transaction && self.0.mode == FaultMode::Before)
+        {
             return inner();
         }
         let plan = &self.0;
