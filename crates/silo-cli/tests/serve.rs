@@ -170,3 +170,35 @@ fn an_empty_token_or_a_bad_store_is_refused_at_start() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("nosuch"), "{err}");
 }
+
+/// A tokens file wins over a token in the environment (workers on the same host often have
+/// VGI_STORAGE_TOKEN set): the server starts multi-tenant instead of refusing.
+#[test]
+fn a_tokens_file_wins_over_an_env_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/state.db", dir.path().display());
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "alpha-token-0123456789 alpha\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_silo"))
+        .args([
+            "--store",
+            &url,
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--tokens",
+        ])
+        .arg(&tokens)
+        .env("VGI_STORAGE_TOKEN", "a-worker-token-0123456789")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(first.starts_with("PORT:"), "the server started: {first:?}");
+}

@@ -974,3 +974,48 @@ fn a_hung_up_request_keeps_its_slot_until_its_work_ends() {
         "one slot, one execution at a time"
     );
 }
+
+/// Limits at their extremes (zero, the largest number) neither panic the server nor lock it
+/// up: they are clamped to what can work.
+#[test]
+fn extreme_limits_are_clamped_not_fatal() {
+    let (_dir, url) = sqlite_url("");
+    let server = common::start(Config {
+        limits: silo_server::Limits {
+            max_concurrent_requests: usize::MAX,
+            max_inflight_bytes: 0,
+            max_connections: usize::MAX,
+            ..silo_server::Limits::default()
+        },
+        ..Config::new(silo::open(&url).unwrap())
+    });
+    let client = HttpStorage::new(&server.url(), HttpOptions::default()).unwrap();
+    client.kv_put(b"s", b"k", b"v").unwrap();
+    assert_eq!(client.kv_get(b"s", b"k").unwrap(), Some(b"v".to_vec()));
+    let (status, _) = post(&server.url(), None, &get_request(b"s"));
+    assert_eq!(status, 200);
+}
+
+/// An unkeyed drain runs atomically but leaves no idempotency record behind (its reply is
+/// the drained data; nobody could ever replay it).
+#[test]
+fn an_unkeyed_drain_keeps_no_record() {
+    let store: Arc<dyn FunctionStorage> = Arc::new(silo::MemoryStorage::new());
+    store.state_put(b"s", b"n", b"k", &[3u8; 1024]).unwrap();
+    let server = common::start(Config::new(store.clone()));
+    let drain = wire::encode(&StorageRequest {
+        idempotency_key: None,
+        op: StorageOp::StateDrain {
+            scope: Bytes(b"s".to_vec()),
+            ns: Bytes(b"n".to_vec()),
+        },
+    })
+    .unwrap();
+    assert_eq!(post(&server.url(), None, &drain).0, 200);
+    assert_eq!(store.state_get(b"s", b"n", b"k").unwrap(), None, "drained");
+    assert_eq!(
+        store.expire_once_keys(Duration::ZERO).unwrap(),
+        0,
+        "no record kept"
+    );
+}
