@@ -243,10 +243,14 @@ impl Scope {
     /// The id of the oldest item that may be delivered now, dead-lettering exhausted ones.
     fn next_visible(&mut self, now: i64, max_attempts: u32) -> Option<i64> {
         loop {
-            let (&id, item) = self
-                .queue
-                .iter()
-                .find(|(_, item)| item.visible_at_ms <= now)?;
+            // The head is visible unless it is claimed: look at it before walking the queue.
+            let (&id, item) = match self.queue.get_min() {
+                Some((id, item)) if item.visible_at_ms <= now => (id, item),
+                _ => self
+                    .queue
+                    .iter()
+                    .find(|(_, item)| item.visible_at_ms <= now)?,
+            };
             if item.attempts < max_attempts {
                 return Some(id);
             }
@@ -415,8 +419,9 @@ impl FunctionStorage for MemoryStorage {
                 Ok(at) => at + 1,
                 Err(at) => at,
             };
-            log.iter()
-                .skip(start)
+            // `Vector::skip` is O(log n); an iterator's skip would walk every earlier entry.
+            log.skip(start.min(log.len()))
+                .iter()
                 .take(limit)
                 .map(|(id, v)| (*id, v.to_vec()))
                 .collect()
