@@ -1,0 +1,10 @@
+//! silo's storage engine (the `fs:` backend, SPEC roadmap step 5), built bottom-up.
+//!
+//! Its lowest layer is [`store`]: a byte image — read at an offset, append, write in place,
+//! truncate, sync, and lock across processes — with a real file, an in-memory image that can
+//! "lose power", and a fault-injecting wrapper. Everything above is written only against the
+//! [`Store`] trait, so every crash and I/O failure can be replayed in tests.
+
+pub mod store;
+
+pub use store::{FaultPlan, FaultyStore, FileStore, LockMode, MemStore, Store, StoreLock};
