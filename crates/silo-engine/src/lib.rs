@@ -5,6 +5,8 @@
 //! "lose power", and a fault-injecting wrapper. Everything above is written only against the
 //! [`Store`] trait, so every crash and I/O failure can be replayed in tests.
 
+pub mod frame;
 pub mod store;
 
+pub use frame::{FrameLog, FrameRef, LogError, Recovery};
 pub use store::{FaultPlan, FaultyStore, FileStore, LockMode, MemStore, Store, StoreLock};

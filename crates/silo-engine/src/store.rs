@@ -504,3 +504,38 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.try_lock(mode)
     }
 }
+
+/// A shared reference to a store is a store (tests and layers hold one image in many places).
+impl<S: Store + ?Sized> Store for &S {
+    fn len(&self) -> io::Result<u64> {
+        (**self).len()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_at(buf, offset)
+    }
+
+    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_at(data, offset)
+    }
+
+    fn append(&self, data: &[u8]) -> io::Result<u64> {
+        (**self).append(data)
+    }
+
+    fn truncate(&self, len: u64) -> io::Result<()> {
+        (**self).truncate(len)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        (**self).sync()
+    }
+
+    fn lock(&self, mode: LockMode) -> io::Result<StoreLock> {
+        (**self).lock(mode)
+    }
+
+    fn try_lock(&self, mode: LockMode) -> io::Result<Option<StoreLock>> {
+        (**self).try_lock(mode)
+    }
+}

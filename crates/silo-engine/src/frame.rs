@@ -1,0 +1,272 @@
+//! The frame log: an append-only sequence of checksummed frames with strictly increasing
+//! frame numbers, on any [`Store`]. Opening scans the image, keeps every whole frame, cuts a
+//! torn tail (an append that a crash interrupted), and refuses damage anywhere else.
+//!
+//! Frame layout (little-endian), 20 bytes of header then the payload:
+//!
+//! ```text
+//! magic  u32  "SLF1"
+//! len    u32  payload length
+//! number u64  frame number: the first frame's, then +1 per frame
+//! crc    u32  CRC-32C of len, number and payload
+//! payload
+//! ```
+//!
+//! Only the last append can be torn, so a frame that fails its checks with no whole frame
+//! anywhere after it is a torn tail and is cut; one with a whole frame after it is corruption
+//! ([`LogError::Corrupt`] with its offset), never skipped. (Damage inside the very last frame
+//! looks like a torn write; the engine above decides with its sync record.)
+
+use std::fmt;
+use std::io;
+
+use crate::store::Store;
+
+/// The frame magic, "SLF1".
+pub const MAGIC: u32 = u32::from_le_bytes(*b"SLF1");
+
+/// Bytes before each payload.
+pub const HEADER: usize = 20;
+
+/// The largest payload a frame may carry (the length field's range, less a margin).
+pub const MAX_PAYLOAD: usize = (u32::MAX - 1024) as usize;
+
+/// What opening or reading a frame log can fail with.
+#[derive(Debug)]
+pub enum LogError {
+    /// The store failed.
+    Io(io::Error),
+    /// Bytes that are not a whole, valid frame where one must be.
+    Corrupt { offset: u64, detail: String },
+}
+
+impl fmt::Display for LogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LogError::Io(e) => write!(f, "{e}"),
+            LogError::Corrupt { offset, detail } => {
+                write!(f, "corrupt frame at offset {offset}: {detail}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for LogError {}
+
+impl From<io::Error> for LogError {
+    fn from(e: io::Error) -> Self {
+        LogError::Io(e)
+    }
+}
+
+/// Where a frame lies in the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameRef {
+    /// Its number.
+    pub number: u64,
+    /// Offset of its header.
+    pub offset: u64,
+    /// Payload length.
+    pub len: u32,
+}
+
+impl FrameRef {
+    /// Offset of its payload.
+    pub fn payload_offset(&self) -> u64 {
+        self.offset + HEADER as u64
+    }
+
+    /// Offset just past it.
+    pub fn end(&self) -> u64 {
+        self.payload_offset() + u64::from(self.len)
+    }
+}
+
+/// What opening found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Whole frames kept.
+    pub frames: Vec<FrameRef>,
+    /// Bytes of torn tail cut off.
+    pub cut_bytes: u64,
+}
+
+/// An open frame log.
+#[derive(Debug)]
+pub struct FrameLog<S> {
+    store: S,
+    next_number: u64,
+    end: u64,
+}
+
+fn checksum(len: u32, number: u64, payload: &[u8]) -> u32 {
+    let mut crc = crc32c::crc32c(&len.to_le_bytes());
+    crc = crc32c::crc32c_append(crc, &number.to_le_bytes());
+    crc32c::crc32c_append(crc, payload)
+}
+
+/// The bytes of one frame.
+pub fn encode(number: u64, payload: &[u8]) -> io::Result<Vec<u8>> {
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|&l| l as usize <= MAX_PAYLOAD)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a frame payload of {} bytes is too large", payload.len()),
+            )
+        })?;
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.extend_from_slice(&MAGIC.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&number.to_le_bytes());
+    out.extend_from_slice(&checksum(len, number, payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    Ok(out)
+}
+
+impl<S: Store> FrameLog<S> {
+    /// Opens the log in `store` (the caller holds the store's exclusive lock while a torn
+    /// tail may be cut): keeps every whole frame, cuts a torn tail, and refuses corruption.
+    /// An empty image starts at frame `first_number`.
+    pub fn open(store: S, first_number: u64) -> Result<(Self, Recovery), LogError> {
+        let len = store.len()?;
+        let mut frames = Vec::new();
+        let mut offset = 0u64;
+        let mut expected = first_number;
+        let mut header = [0u8; HEADER];
+        while offset < len {
+            let rest = len - offset;
+            if rest < HEADER as u64 {
+                break; // A header cut short: a torn tail.
+            }
+            store.read_at(&mut header, offset)?;
+            let field = |at: usize, n: usize| &header[at..at + n];
+            let magic = u32::from_le_bytes(field(0, 4).try_into().unwrap_or_default());
+            let plen = u32::from_le_bytes(field(4, 4).try_into().unwrap_or_default());
+            let number = u64::from_le_bytes(field(8, 8).try_into().unwrap_or_default());
+            let crc = u32::from_le_bytes(field(16, 4).try_into().unwrap_or_default());
+            let frame_end = offset + HEADER as u64 + u64::from(plen);
+            let valid = magic == MAGIC && frame_end <= len && {
+                let mut payload = vec![0u8; plen as usize];
+                store.read_at(&mut payload, offset + HEADER as u64)?;
+                checksum(plen, number, &payload) == crc
+            };
+            if !valid {
+                // Only the last append can be torn: any whole frame after this one means the
+                // damage is elsewhere.
+                if let Some(later) = next_whole_frame(&store, offset + 1, len)? {
+                    return Err(LogError::Corrupt {
+                        offset,
+                        detail: format!(
+                            "damaged frame (magic {magic:#x}, length {plen}, number {number}) \
+                             with a whole frame after it at offset {later}"
+                        ),
+                    });
+                }
+                break; // An interrupted append: cut below.
+            }
+            if number != expected {
+                return Err(LogError::Corrupt {
+                    offset,
+                    detail: format!("frame number {number} where {expected} was expected"),
+                });
+            }
+            frames.push(FrameRef {
+                number,
+                offset,
+                len: plen,
+            });
+            expected += 1;
+            offset = frame_end;
+        }
+        let cut_bytes = len - offset;
+        if cut_bytes > 0 {
+            store.truncate(offset)?;
+            store.sync()?;
+        }
+        Ok((
+            FrameLog {
+                store,
+                next_number: expected,
+                end: offset,
+            },
+            Recovery { frames, cut_bytes },
+        ))
+    }
+
+    /// Appends one frame (the caller holds the store's exclusive lock); returns it.
+    pub fn append(&mut self, payload: &[u8]) -> io::Result<FrameRef> {
+        let bytes = encode(self.next_number, payload)?;
+        let offset = self.store.append(&bytes)?;
+        if offset != self.end {
+            // Someone else wrote behind our back: the image is not what this log believes.
+            return Err(io::Error::other(format!(
+                "the frame log expected to append at {} but the image ended at {offset}",
+                self.end
+            )));
+        }
+        let frame = FrameRef {
+            number: self.next_number,
+            offset,
+            len: payload.len() as u32,
+        };
+        self.next_number += 1;
+        self.end = frame.end();
+        Ok(frame)
+    }
+
+    /// Makes every appended frame durable.
+    pub fn sync(&self) -> io::Result<()> {
+        self.store.sync()
+    }
+
+    /// A frame's payload.
+    pub fn read(&self, frame: &FrameRef) -> io::Result<Vec<u8>> {
+        let mut payload = vec![0u8; frame.len as usize];
+        self.store.read_at(&mut payload, frame.payload_offset())?;
+        Ok(payload)
+    }
+
+    /// The number the next frame will get.
+    pub fn next_number(&self) -> u64 {
+        self.next_number
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+}
+
+/// The offset of the first whole, valid frame starting in `[from, len)`, if any.
+fn next_whole_frame<S: Store>(store: &S, from: u64, len: u64) -> io::Result<Option<u64>> {
+    if from >= len {
+        return Ok(None);
+    }
+    let mut rest = vec![0u8; (len - from) as usize];
+    store.read_at(&mut rest, from)?;
+    let magic = MAGIC.to_le_bytes();
+    let mut at = 0;
+    while at + HEADER <= rest.len() {
+        let Some(found) = rest[at..].windows(4).position(|w| w == magic) else {
+            return Ok(None);
+        };
+        let start = at + found;
+        if start + HEADER > rest.len() {
+            return Ok(None);
+        }
+        let word = |i: usize| u32::from_le_bytes([rest[i], rest[i + 1], rest[i + 2], rest[i + 3]]);
+        let plen = word(start + 4) as usize;
+        let number = u64::from(word(start + 8)) | (u64::from(word(start + 12)) << 32);
+        let crc = word(start + 16);
+        let body = start + HEADER;
+        if let Some(payload) = body.checked_add(plen).and_then(|end| rest.get(body..end))
+            && checksum(plen as u32, number, payload) == crc
+        {
+            return Ok(Some(from + start as u64));
+        }
+        at = start + 1;
+    }
+    Ok(None)
+}
