@@ -130,10 +130,25 @@ impl<S: Store> FrameLog<S> {
     /// tail may be cut): keeps every whole frame, cuts a torn tail, and refuses corruption.
     /// An empty image starts at frame `first_number`.
     pub fn open(store: S, first_number: u64) -> Result<(Self, Recovery), LogError> {
+        let mut log = FrameLog {
+            store,
+            next_number: first_number,
+            end: 0,
+        };
+        let recovery = log.catch_up(true)?;
+        Ok((log, recovery))
+    }
+
+    /// Reads the frames other handles (other processes) appended since this one last looked,
+    /// and moves past them. A partial frame at the end is a torn tail: with `cut_torn` (the
+    /// caller holds the exclusive lock, so no append is in flight) it is cut; without, it is
+    /// left for a writer to cut and not returned.
+    pub fn catch_up(&mut self, cut_torn: bool) -> Result<Recovery, LogError> {
+        let store = &self.store;
         let len = store.len()?;
         let mut frames = Vec::new();
-        let mut offset = 0u64;
-        let mut expected = first_number;
+        let mut offset = self.end;
+        let mut expected = self.next_number;
         let mut header = [0u8; HEADER];
         while offset < len {
             let rest = len - offset;
@@ -155,7 +170,7 @@ impl<S: Store> FrameLog<S> {
             if !valid {
                 // Only the last append can be torn: any whole frame after this one means the
                 // damage is elsewhere.
-                if let Some(later) = next_whole_frame(&store, offset + 1, len)? {
+                if let Some(later) = next_whole_frame(store, offset + 1, len)? {
                     return Err(LogError::Corrupt {
                         offset,
                         detail: format!(
@@ -164,7 +179,7 @@ impl<S: Store> FrameLog<S> {
                         ),
                     });
                 }
-                break; // An interrupted append: cut below.
+                break; // An interrupted append.
             }
             if number != expected {
                 return Err(LogError::Corrupt {
@@ -180,24 +195,32 @@ impl<S: Store> FrameLog<S> {
             expected += 1;
             offset = frame_end;
         }
-        let cut_bytes = len - offset;
-        if cut_bytes > 0 {
+        let torn = len - offset;
+        let mut cut_bytes = 0;
+        if torn > 0 && cut_torn {
             store.truncate(offset)?;
             store.sync()?;
+            cut_bytes = torn;
         }
-        Ok((
-            FrameLog {
-                store,
-                next_number: expected,
-                end: offset,
-            },
-            Recovery { frames, cut_bytes },
-        ))
+        self.end = offset;
+        self.next_number = expected;
+        Ok(Recovery { frames, cut_bytes })
     }
 
-    /// Appends one frame (the caller holds the store's exclusive lock); returns it.
+    /// Appends one frame; returns it. The caller holds the store's exclusive lock and has
+    /// caught up, so the frame lands where this handle believes the log ends.
     pub fn append(&mut self, payload: &[u8]) -> io::Result<FrameRef> {
         let bytes = encode(self.next_number, payload)?;
+        let len = self.store.len()?;
+        if len != self.end {
+            // Another handle wrote since this one caught up: appending now would number a
+            // frame twice. The caller must hold the exclusive lock and catch up first.
+            return Err(io::Error::other(format!(
+                "the frame log ends at {len}, not at {} where this handle caught up to; take \
+                 the exclusive lock and catch up before appending",
+                self.end
+            )));
+        }
         let offset = self.store.append(&bytes)?;
         if offset != self.end {
             // Someone else wrote behind our back: the image is not what this log believes.

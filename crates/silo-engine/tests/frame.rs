@@ -170,3 +170,86 @@ fn frame_numbers_must_follow_each_other() {
         other => panic!("a log starting at 10 opened as one starting at 1: {other:?}"),
     }
 }
+
+/// Two handles on one image (two processes on one file): each catches up on the other's
+/// frames and continues the numbering; a handle that did not catch up may not append.
+#[test]
+fn handles_catch_up_on_each_others_frames() {
+    let mem = MemStore::new();
+    let (mut a, _) = FrameLog::open(mem.clone(), 1).unwrap();
+    let (mut b, _) = FrameLog::open(mem.clone(), 1).unwrap();
+    for i in 0..3 {
+        a.append(&payload(i)).unwrap();
+    }
+    assert!(b.append(b"stale").is_err(), "b has not caught up");
+    let seen = b.catch_up(false).unwrap();
+    assert_eq!(
+        seen.frames.iter().map(|f| f.number).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(b.read(&seen.frames[2]).unwrap(), payload(2));
+    assert_eq!(b.append(b"from b").unwrap().number, 4);
+    let seen = a.catch_up(false).unwrap();
+    assert_eq!(seen.frames.len(), 1);
+    assert_eq!(a.read(&seen.frames[0]).unwrap(), b"from b");
+    assert_eq!(a.append(b"from a").unwrap().number, 5);
+}
+
+/// A torn tail (a writer died mid-append) is invisible to a reader's catch-up and cut by the
+/// next writer's.
+#[test]
+fn a_reader_skips_a_torn_tail_and_a_writer_cuts_it() {
+    let mem = written(2);
+    let (mut reader, _) = FrameLog::open(mem.clone(), 1).unwrap();
+    let whole = mem.len().unwrap();
+    mem.append(&silo_engine::frame::encode(3, b"half written").unwrap()[..9])
+        .unwrap();
+    assert!(reader.catch_up(false).unwrap().frames.is_empty());
+    assert_eq!(mem.len().unwrap(), whole + 9, "a reader cuts nothing");
+    let cut = reader.catch_up(true).unwrap();
+    assert_eq!(cut.cut_bytes, 9);
+    assert_eq!(mem.len().unwrap(), whole);
+    assert_eq!(reader.append(b"third").unwrap().number, 3);
+}
+
+/// Four writers, each with its own open of one file (flock contends between opens as between
+/// processes), take the exclusive lock, catch up and append: every frame numbered once, in
+/// order, every writer's frames all there and in its order.
+#[test]
+fn concurrent_writers_on_one_file_number_every_frame_once() {
+    use silo_engine::{FileStore, LockMode};
+    const EACH: u64 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    std::thread::scope(|t| {
+        for w in 0..4u64 {
+            let path = path.clone();
+            t.spawn(move || {
+                let store = FileStore::open(&path).unwrap();
+                let mut log = {
+                    let _lock = store.lock(LockMode::Exclusive).unwrap();
+                    FrameLog::open(&store, 1).unwrap().0
+                };
+                for i in 0..EACH {
+                    let _lock = store.lock(LockMode::Exclusive).unwrap();
+                    log.catch_up(true).unwrap();
+                    log.append(&[w.to_le_bytes(), i.to_le_bytes()].concat())
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let store = FileStore::open(&path).unwrap();
+    let (log, recovery) = FrameLog::open(&store, 1).unwrap();
+    assert_eq!(recovery.frames.len() as u64, 4 * EACH);
+    let mut next = [0u64; 4];
+    for (n, frame) in recovery.frames.iter().enumerate() {
+        assert_eq!(frame.number, n as u64 + 1);
+        let bytes = log.read(frame).unwrap();
+        let w = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let i = u64::from_le_bytes(bytes[8..].try_into().unwrap());
+        assert_eq!(i, next[w], "writer {w}'s frames in its order");
+        next[w] += 1;
+    }
+    assert_eq!(next, [EACH; 4]);
+}
