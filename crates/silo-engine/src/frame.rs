@@ -139,6 +139,21 @@ impl<S: Store> FrameLog<S> {
         Ok((log, recovery))
     }
 
+    /// A handle on the log in `store` that has read nothing yet: its first
+    /// [`catch_up`](Self::catch_up) reads from the start (a reader, which must not cut).
+    pub fn attach(store: S, first_number: u64) -> Self {
+        FrameLog {
+            store,
+            next_number: first_number,
+            end: 0,
+        }
+    }
+
+    /// Where this handle caught up to: the offset the next frame will be written at.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
     /// Reads the frames other handles (other processes) appended since this one last looked,
     /// and moves past them. A partial frame at the end is a torn tail: with `cut_torn` (the
     /// caller holds the exclusive lock, so no append is in flight) it is cut; without, it is

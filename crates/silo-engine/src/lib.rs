@@ -5,8 +5,10 @@
 //! "lose power", and a fault-injecting wrapper. Everything above is written only against the
 //! [`Store`] trait, so every crash and I/O failure can be replayed in tests.
 
+pub mod dir;
 pub mod frame;
 pub mod store;
 
+pub use dir::{Dir, FaultyDir, FileDir, MemDir};
 pub use frame::{FrameLog, FrameRef, LogError, Recovery};
-pub use store::{FaultPlan, FaultyStore, FileStore, LockMode, MemStore, Store, StoreLock};
+pub use store::{FaultPlan, Faults, FaultyStore, FileStore, LockMode, MemStore, Store, StoreLock};

@@ -108,11 +108,23 @@ pub struct FileStore {
 impl FileStore {
     /// Opens `path`, creating it (mode 0600) when missing.
     pub fn open(path: impl Into<PathBuf>) -> io::Result<Self> {
-        let path = path.into();
+        Self::open_with(path.into(), true)
+    }
+
+    /// Opens `path` if it exists.
+    pub fn open_existing(path: impl Into<PathBuf>) -> io::Result<Option<Self>> {
+        match Self::open_with(path.into(), false) {
+            Ok(store) => Ok(Some(store)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open_with(path: PathBuf, create: bool) -> io::Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
+            .create(create)
             .truncate(false)
             .mode(0o600)
             .open(&path)?;
@@ -379,12 +391,13 @@ pub enum FaultPlan {
     Crash,
 }
 
-/// Any store with one fault injected after `countdown` mutating operations.
-#[derive(Debug)]
-pub struct FaultyStore<S> {
-    inner: S,
+/// One fault, armed after a countdown of mutating operations, that any number of
+/// [`FaultyStore`]s (the files of one directory) can share: the n-th mutating call across all
+/// of them meets it. Clones share the countdown.
+#[derive(Clone, Debug)]
+pub struct Faults {
     plan: FaultPlan,
-    state: Mutex<FaultState>,
+    state: Arc<Mutex<FaultState>>,
 }
 
 #[derive(Debug)]
@@ -392,21 +405,27 @@ struct FaultState {
     countdown: u64,
     crashed: bool,
     fired: bool,
+    /// Mutating operations seen, for tests that first count a workload's writes.
+    seen: u64,
 }
 
-impl<S: Store> FaultyStore<S> {
-    /// `inner`, whose `countdown`-th mutating operation from now (0 = the next one) meets
-    /// `plan`.
-    pub fn new(inner: S, countdown: u64, plan: FaultPlan) -> Self {
-        FaultyStore {
-            inner,
+impl Faults {
+    /// A fault that the `countdown`-th mutating operation from now (0 = the next one) meets.
+    pub fn new(countdown: u64, plan: FaultPlan) -> Self {
+        Faults {
             plan,
-            state: Mutex::new(FaultState {
+            state: Arc::new(Mutex::new(FaultState {
                 countdown,
                 crashed: false,
                 fired: false,
-            }),
+                seen: 0,
+            })),
         }
+    }
+
+    /// No fault at all: counts mutating operations only.
+    pub fn never() -> Self {
+        Self::new(u64::MAX, FaultPlan::Fail)
     }
 
     /// True once the fault struck.
@@ -414,17 +433,23 @@ impl<S: Store> FaultyStore<S> {
         self.state.lock().fired
     }
 
-    /// The store underneath.
-    pub fn inner(&self) -> &S {
-        &self.inner
+    /// True once a [`FaultPlan::Crash`] struck.
+    pub fn crashed(&self) -> bool {
+        self.state.lock().crashed
+    }
+
+    /// Mutating operations seen so far.
+    pub fn seen(&self) -> u64 {
+        self.state.lock().seen
     }
 
     /// Whether this mutating operation meets the fault.
-    fn strike(&self) -> io::Result<Option<FaultPlan>> {
+    pub fn strike(&self) -> io::Result<Option<FaultPlan>> {
         let mut state = self.state.lock();
         if state.crashed {
             return Err(io::Error::other("the store crashed (injected)"));
         }
+        state.seen += 1;
         if state.fired {
             return Ok(None);
         }
@@ -437,6 +462,48 @@ impl<S: Store> FaultyStore<S> {
             state.crashed = true;
         }
         Ok(Some(self.plan))
+    }
+
+    /// Fails when a crash struck: nothing works after the "process" died.
+    pub fn check_alive(&self) -> io::Result<()> {
+        if self.state.lock().crashed {
+            return Err(io::Error::other("the store crashed (injected)"));
+        }
+        Ok(())
+    }
+}
+
+/// Any store with a fault injected after a countdown of mutating operations.
+#[derive(Debug)]
+pub struct FaultyStore<S> {
+    inner: S,
+    faults: Faults,
+}
+
+impl<S: Store> FaultyStore<S> {
+    /// `inner`, whose `countdown`-th mutating operation from now (0 = the next one) meets
+    /// `plan`.
+    pub fn new(inner: S, countdown: u64, plan: FaultPlan) -> Self {
+        Self::sharing(inner, Faults::new(countdown, plan))
+    }
+
+    /// `inner`, meeting the fault `faults` shares with other stores.
+    pub fn sharing(inner: S, faults: Faults) -> Self {
+        FaultyStore { inner, faults }
+    }
+
+    /// True once the fault struck.
+    pub fn fired(&self) -> bool {
+        self.faults.fired()
+    }
+
+    /// The store underneath.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn strike(&self) -> io::Result<Option<FaultPlan>> {
+        self.faults.strike()
     }
 
     fn injected() -> io::Error {
@@ -465,9 +532,7 @@ impl<S: Store> Store for FaultyStore<S> {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        if self.state.lock().crashed {
-            return Err(io::Error::other("the store crashed (injected)"));
-        }
+        self.faults.check_alive()?;
         self.inner.read_at(buf, offset)
     }
 
@@ -507,6 +572,41 @@ impl<S: Store> Store for FaultyStore<S> {
 
 /// A shared reference to a store is a store (tests and layers hold one image in many places).
 impl<S: Store + ?Sized> Store for &S {
+    fn len(&self) -> io::Result<u64> {
+        (**self).len()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_at(buf, offset)
+    }
+
+    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_at(data, offset)
+    }
+
+    fn append(&self, data: &[u8]) -> io::Result<u64> {
+        (**self).append(data)
+    }
+
+    fn truncate(&self, len: u64) -> io::Result<()> {
+        (**self).truncate(len)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        (**self).sync()
+    }
+
+    fn lock(&self, mode: LockMode) -> io::Result<StoreLock> {
+        (**self).lock(mode)
+    }
+
+    fn try_lock(&self, mode: LockMode) -> io::Result<Option<StoreLock>> {
+        (**self).try_lock(mode)
+    }
+}
+
+/// A shared store is a store (an engine keeps one open file in several places).
+impl<S: Store + ?Sized> Store for Arc<S> {
     fn len(&self) -> io::Result<u64> {
         (**self).len()
     }

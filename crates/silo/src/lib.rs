@@ -26,6 +26,8 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod error;
+#[cfg(feature = "fs")]
+pub mod fs;
 #[cfg(feature = "http")]
 pub mod http;
 mod layer;
@@ -45,7 +47,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub use layer::{Layer, Layered, Prefix, PrefixStore};
 pub use memory::MemoryStorage;
 pub use open::{
-    DEFAULT_ORPHAN_TTL, EnvConfig, default_sqlite_path, default_url, from_env, open, sqlite_url,
+    DEFAULT_ORPHAN_TTL, EnvConfig, default_fs_path, default_sqlite_path, default_url, from_env,
+    open, sqlite_url,
 };
 pub use options::{Clock, StoreOptions, SyncMode};
 #[cfg(feature = "sqlite")]

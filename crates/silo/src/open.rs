@@ -19,8 +19,9 @@ pub const DEFAULT_ORPHAN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// |---|---|
 /// | `memory:` | in-process |
 /// | `sqlite:///abs/file.db` | SQLite file (WAL); `sqlite:` alone = the default path |
+/// | `fs:///abs/dir` | silo's log-structured engine in a directory; `fs:` alone = the default directory |
 /// | `http://host:port` | client of `silo serve` (`?retries=N&timeout_ms=M`) |
-/// | `fs:///abs/dir`, `postgres://…` | not built yet: [`Error::Unsupported`] |
+/// | `postgres://…` | not built yet: [`Error::Unsupported`] |
 ///
 /// Query parameters set [`StoreOptions`], e.g. `?sync=full&max_attempts=3`.
 pub fn open(url: &str) -> Result<Arc<dyn FunctionStorage>> {
@@ -35,12 +36,13 @@ pub fn open(url: &str) -> Result<Arc<dyn FunctionStorage>> {
         )?))),
         "sqlite" => open_sqlite(&parsed, store_options(&parsed)?),
         "http" | "https" => open_http(&parsed),
-        scheme @ ("fs" | "postgres" | "postgresql") => Err(Error::unsupported(
+        "fs" => open_fs(&parsed),
+        scheme @ ("postgres" | "postgresql") => Err(Error::unsupported(
             format!("opening a {scheme}: store"),
             "this build of silo (that backend is on the roadmap)",
         )),
         other => Err(Error::config(format!(
-            "unknown store URL scheme {other:?} in {url:?} (known: memory, sqlite, http)"
+            "unknown store URL scheme {other:?} in {url:?} (known: memory, fs, sqlite, http)"
         ))),
     }
 }
@@ -68,6 +70,41 @@ fn open_sqlite(_url: &Url, _options: StoreOptions) -> Result<Arc<dyn FunctionSto
     ))
 }
 
+#[cfg(feature = "fs")]
+fn open_fs(url: &Url) -> Result<Arc<dyn FunctionStorage>> {
+    let path = local_path(url, "fs", "dir", default_fs_path)?;
+    let mut options = StoreOptions::default();
+    let mut tuning = crate::fs::FsTuning::default();
+    for (name, value) in url.query_pairs() {
+        let bytes = || {
+            value.parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                Error::config(format!(
+                    "option {name}={value:?}: expected a byte count above 0"
+                ))
+            })
+        };
+        match &*name {
+            "segment_bytes" => tuning.segment_bytes = bytes()?,
+            "compact_min_bytes" => tuning.compact_min_bytes = bytes()?,
+            _ => options.set(&name, &value).map_err(|e| match e {
+                Error::Config { message } => Error::config(format!(
+                    "{message}; fs: also takes segment_bytes and compact_min_bytes"
+                )),
+                other => other,
+            })?,
+        }
+    }
+    Ok(Arc::new(crate::fs::FsStorage::open(path, options, tuning)?))
+}
+
+#[cfg(not(feature = "fs"))]
+fn open_fs(_url: &Url) -> Result<Arc<dyn FunctionStorage>> {
+    Err(Error::unsupported(
+        "opening an fs: store",
+        "this build of silo (built without the `fs` feature)",
+    ))
+}
+
 #[cfg(feature = "http")]
 fn open_http(url: &Url) -> Result<Arc<dyn FunctionStorage>> {
     Ok(Arc::new(crate::http::HttpStorage::open(url)?))
@@ -82,32 +119,42 @@ fn open_http(_url: &Url) -> Result<Arc<dyn FunctionStorage>> {
 }
 
 /// The file a `sqlite:` URL names: `sqlite:///abs/file.db`, or the default path for `sqlite:`
-/// and `sqlite://`. Relative paths are refused so that two processes started in different
-/// directories can never open different stores by accident.
+/// and `sqlite://`.
 fn sqlite_path(url: &Url) -> Result<PathBuf> {
+    local_path(url, "sqlite", "file.db", default_sqlite_path)
+}
+
+/// The local path a `scheme:///abs/path` URL names, or `default()` for `scheme:` and
+/// `scheme://`. Relative paths are refused so that two processes started in different
+/// directories can never open different stores by accident.
+fn local_path(
+    url: &Url,
+    scheme: &str,
+    example: &str,
+    default: fn() -> Result<PathBuf>,
+) -> Result<PathBuf> {
     if url.host_str().is_some_and(|h| !h.is_empty()) {
         return Err(Error::config(format!(
-            "sqlite URL {url} names a host; use three slashes for an absolute path: \
-             sqlite:///abs/file.db"
+            "{scheme} URL {url} names a host; use three slashes for an absolute path: \
+             {scheme}:///abs/{example}"
         )));
     }
     let path = url.path();
     if path.is_empty() {
-        return default_sqlite_path();
+        return default();
     }
     if !path.starts_with('/') {
         return Err(Error::config(format!(
-            "sqlite URL {url} has a relative path; use an absolute one: sqlite:///abs/file.db"
+            "{scheme} URL {url} has a relative path; use an absolute one: {scheme}:///abs/{example}"
         )));
     }
     // `to_file_path` percent-decodes; it does not care that the scheme is not `file`.
     url.to_file_path()
-        .map_err(|()| Error::config(format!("sqlite URL {url} does not name a usable file path")))
+        .map_err(|()| Error::config(format!("{scheme} URL {url} does not name a usable path")))
 }
 
-/// The default embedded store: `$XDG_STATE_HOME/silo/state.db`, else
-/// `$HOME/.local/state/silo/state.db`.
-pub fn default_sqlite_path() -> Result<PathBuf> {
+/// silo's state directory: `$XDG_STATE_HOME/silo`, else `$HOME/.local/state/silo`.
+fn state_dir() -> Result<PathBuf> {
     let base =
         match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
             Some(dir) => PathBuf::from(dir),
@@ -121,7 +168,18 @@ pub fn default_sqlite_path() -> Result<PathBuf> {
                 PathBuf::from(home).join(".local").join("state")
             }
         };
-    Ok(base.join("silo").join("state.db"))
+    Ok(base.join("silo"))
+}
+
+/// The default `fs:` store directory: the state directory's `fs`.
+pub fn default_fs_path() -> Result<PathBuf> {
+    Ok(state_dir()?.join("fs"))
+}
+
+/// The default embedded store: `$XDG_STATE_HOME/silo/state.db`, else
+/// `$HOME/.local/state/silo/state.db`.
+pub fn default_sqlite_path() -> Result<PathBuf> {
+    Ok(state_dir()?.join("state.db"))
 }
 
 /// The URL of the default embedded store.
@@ -286,9 +344,11 @@ mod tests {
         assert!(matches!(open("nosuch://x"), Err(Error::Config { .. })));
         assert!(matches!(open("not a url"), Err(Error::Config { .. })));
         assert!(matches!(
-            open("fs:///tmp/x"),
+            open("postgres://localhost/x"),
             Err(Error::Unsupported { .. })
         ));
+        assert!(matches!(open("fs:rel/dir"), Err(Error::Config { .. })));
+        assert!(matches!(open("fs://host/dir"), Err(Error::Config { .. })));
         assert!(matches!(open("memory:?bogus=1"), Err(Error::Config { .. })));
         assert!(open("memory:?max_attempts=2").is_ok());
     }

@@ -1,5 +1,6 @@
-//! Cross-process behaviour on SQLite with real OS processes: the kit's scenarios
-//! (`silo::conformance::processes`), plus a full disk in a writer process.
+//! Cross-process behaviour on SQLite and `fs:` with real OS processes: the kit's scenarios
+//! (`silo::conformance::processes`), plus a full disk in a writer process. `fs:` runs them
+//! again with tiny segments, so seals and compactions happen while other processes read.
 
 mod common;
 
@@ -122,15 +123,69 @@ fn sqlite_leased_consumers_survive_a_kill() {
     processes::leased_consumers_survive_a_kill(&TempStore::sqlite("").url);
 }
 
+/// Options that make `fs:` seal a segment every 16 KiB and compact from 64 KiB on.
+const FS_SMALL: &str = "segment_bytes=16384&compact_min_bytes=65536";
+
+#[test]
+fn fs_four_poppers_one_pusher() {
+    processes::four_poppers_one_pusher(&TempStore::fs("").url);
+    processes::four_poppers_one_pusher(&TempStore::fs(FS_SMALL).url);
+}
+
+#[test]
+fn fs_four_pushers() {
+    processes::four_pushers(&TempStore::fs("").url);
+    processes::four_pushers(&TempStore::fs(FS_SMALL).url);
+}
+
+#[test]
+fn fs_four_appenders() {
+    processes::four_appenders(&TempStore::fs("").url);
+    processes::four_appenders(&TempStore::fs(FS_SMALL).url);
+}
+
+#[test]
+fn fs_killed_writer_loses_nothing_acknowledged() {
+    processes::killed_writer_loses_nothing_acknowledged(&TempStore::fs("").url);
+    processes::killed_writer_loses_nothing_acknowledged(&TempStore::fs(FS_SMALL).url);
+}
+
+#[test]
+fn fs_leased_consumers_survive_a_kill() {
+    processes::leased_consumers_survive_a_kill(&TempStore::fs("").url);
+    processes::leased_consumers_survive_a_kill(&TempStore::fs(FS_SMALL).url);
+}
+
+/// The largest file of a store's directory (or the file itself): what a per-file size limit
+/// must leave room above.
+fn largest_file(path: &std::path::Path) -> u64 {
+    if path.is_file() {
+        return std::fs::metadata(path).unwrap().len();
+    }
+    std::fs::read_dir(path)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .max()
+        .unwrap_or(0)
+}
+
 /// A full disk (RLIMIT_FSIZE in the writer) gives a clear error, the writer's process
 /// survives, and every write acknowledged before stays readable.
 #[test]
 fn sqlite_full_disk_is_an_error_and_loses_nothing() {
     let temp = TempStore::sqlite("");
+    full_disk_is_an_error_and_loses_nothing(&temp, &temp.dir.path().join("state.db"), "state.db");
+}
+
+#[test]
+fn fs_full_disk_is_an_error_and_loses_nothing() {
+    let temp = TempStore::fs("");
+    full_disk_is_an_error_and_loses_nothing(&temp, &temp.dir.path().join("store"), "seg-");
+}
+
+fn full_disk_is_an_error_and_loses_nothing(temp: &TempStore, data: &std::path::Path, names: &str) {
     temp.kv_put(b"mp-full", b"before", b"kept").unwrap();
-    let db_len = std::fs::metadata(temp.dir.path().join("state.db"))
-        .unwrap()
-        .len();
+    let db_len = largest_file(data);
     let child = spawn(
         &temp.url,
         "fill",
@@ -141,10 +196,7 @@ fn sqlite_full_disk_is_an_error_and_loses_nothing() {
         .iter()
         .find_map(|l| l.strip_prefix("error "))
         .expect("the writer hit the limit");
-    assert!(
-        error.contains("state.db"),
-        "the error names the file: {error}"
-    );
+    assert!(error.contains(names), "the error names the file: {error}");
     assert!(
         lines.contains(&"read-after-error true".to_string()),
         "{lines:?}"
@@ -193,15 +245,23 @@ fn a_worker_waiting_for_a_lost_stop_fails_at_the_deadline() {
 #[test]
 fn sqlite_batches_cut_by_a_full_disk_are_all_or_nothing() {
     for cut in 0..BATCH as u64 {
-        batches_cut_by_a_full_disk((3 << 20) + cut * ((16 << 10) + 977));
+        let temp = TempStore::sqlite("");
+        let data = temp.dir.path().join("state.db");
+        batches_cut_by_a_full_disk(&temp, &data, (3 << 20) + cut * ((16 << 10) + 977));
     }
 }
 
-fn batches_cut_by_a_full_disk(room: u64) {
-    let temp = TempStore::sqlite("");
-    let db_len = std::fs::metadata(temp.dir.path().join("state.db"))
-        .unwrap()
-        .len();
+#[test]
+fn fs_batches_cut_by_a_full_disk_are_all_or_nothing() {
+    for cut in 0..BATCH as u64 {
+        let temp = TempStore::fs("");
+        let data = temp.dir.path().join("store");
+        batches_cut_by_a_full_disk(&temp, &data, (3 << 20) + cut * ((16 << 10) + 977));
+    }
+}
+
+fn batches_cut_by_a_full_disk(temp: &TempStore, data: &std::path::Path, room: u64) {
+    let db_len = largest_file(data);
     let child = spawn(
         &temp.url,
         "fill-batches",

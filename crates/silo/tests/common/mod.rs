@@ -44,6 +44,37 @@ impl TempStore {
     }
 }
 
+impl TempStore {
+    /// A fresh `fs:` store in a temporary directory; `query` is the URL query, possibly empty.
+    pub fn fs(query: &str) -> TempStore {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut url = format!("fs://{}/store", dir.path().display());
+        if !query.is_empty() {
+            url = format!("{url}?{query}");
+        }
+        let store = silo::open(&url).expect("open fs store");
+        TempStore { store, url, dir }
+    }
+
+    /// A fresh `fs:` store on a manual clock, with values up to 65 MiB; and the clock.
+    pub fn fs_clocked() -> (TempStore, silo::Clock) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("store");
+        let clock = silo::Clock::manual_now();
+        let options = silo::StoreOptions {
+            max_value_bytes: 65 << 20,
+            clock: clock.clone(),
+            ..silo::StoreOptions::default()
+        };
+        let store = Arc::new(
+            silo::fs::FsStorage::open(&path, options, silo::fs::FsTuning::default())
+                .expect("open fs"),
+        );
+        let url = format!("fs://{}", path.display());
+        (TempStore { store, url, dir }, clock)
+    }
+}
+
 impl Deref for TempStore {
     type Target = dyn FunctionStorage;
     fn deref(&self) -> &Self::Target {

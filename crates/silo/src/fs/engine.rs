@@ -1,0 +1,858 @@
+//! The engine under `fs:`: one directory, a chain of segment files of checksummed frames, and
+//! in every process an index that is the fold of those frames (SPEC §5).
+//!
+//! Directory: `FORMAT` (the format version), `LOCK` (flocked exclusively by a writer for one
+//! operation), `CURRENT` (names the compacted base the chain starts from; missing = none),
+//! `base-N.slf` (the state through frame N, rewritten compactly), `seg-N.slf` (frames from
+//! number N on). A segment ends with a seal frame; the chain continues in `seg-(seal+1).slf`.
+//!
+//! A write takes `LOCK`, catches up on frames other processes appended, decides its records
+//! against the index (the precondition check), appends them as one frame and folds them. A
+//! read catches up without the lock: frames are never rewritten, and a partial frame at the
+//! end is invisible until it is whole.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use silo_engine::frame::MAX_PAYLOAD;
+use silo_engine::{Dir, FrameLog, LockMode, LogError, Store, StoreLock};
+
+use super::index::{Index, ValRef};
+use super::record::{Decoder, Encoder, Rec, Span};
+use crate::{Error, Result};
+
+/// The format this build writes and reads.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+const FORMAT_NAME: &str = "FORMAT";
+const FORMAT_MAGIC: &str = "silo-fs";
+const LOCK_NAME: &str = "LOCK";
+const CURRENT_NAME: &str = "CURRENT";
+
+pub(crate) fn segment_name(first: u64) -> String {
+    format!("seg-{first:020}.slf")
+}
+
+pub(crate) fn base_name(through: u64) -> String {
+    format!("base-{through:020}.slf")
+}
+
+fn parse_numbered(name: &str, prefix: &str) -> Option<u64> {
+    name.strip_prefix(prefix)?
+        .strip_suffix(".slf")
+        .filter(|n| n.len() == 20)?
+        .parse()
+        .ok()
+}
+
+/// Tuning of an `fs:` store (URL options `segment_bytes`, `compact_min_bytes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FsTuning {
+    /// A segment is sealed and the next one started once it grows past this many bytes.
+    pub segment_bytes: u64,
+    /// Compaction runs once the log since the last base holds more than this many bytes and
+    /// more than the base itself.
+    pub compact_min_bytes: u64,
+}
+
+impl Default for FsTuning {
+    fn default() -> Self {
+        FsTuning {
+            segment_bytes: 64 << 20,
+            compact_min_bytes: 64 << 20,
+        }
+    }
+}
+
+/// An I/O error with what was being done and where, classified (a full disk is
+/// [`Error::StorageFull`]).
+pub(crate) fn io_error(context: &str, where_: &str, e: std::io::Error) -> Error {
+    let full = matches!(
+        e.raw_os_error(),
+        Some(libc_consts::ENOSPC | libc_consts::EFBIG | libc_consts::EDQUOT)
+    );
+    if full {
+        return Error::StorageFull {
+            path: where_.to_owned(),
+            detail: format!("{context}: {e}"),
+        };
+    }
+    Error::io(format!("{context} ({where_})"), e)
+}
+
+/// The errno values of a full disk, without a libc dependency in the library.
+mod libc_consts {
+    pub const ENOSPC: i32 = 28;
+    pub const EFBIG: i32 = 27;
+    pub const EDQUOT: i32 = 122;
+}
+
+/// A transaction in progress: the records decided so far, folded into a copy of the index.
+#[derive(Debug)]
+pub(crate) struct Txn {
+    pub working: Index,
+    pub enc: Encoder,
+    /// Where the payload will land in the active segment, so values folded now point at
+    /// the place they will have on disk.
+    pub payload_at: u64,
+    pub file: u32,
+    /// Held for a whole `apply_once`/`apply_atomically` (its operations join this one).
+    pub held: Option<StoreLock>,
+}
+
+/// A file the index points into, with its name; `None` once it was let go.
+pub(crate) type OpenFile<F> = Option<(Arc<F>, String)>;
+
+/// What a committed write leaves to do after the locks are released.
+pub(crate) struct Committed<F> {
+    pub file: Arc<F>,
+    pub end: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Engine<D: Dir> {
+    pub dir: D,
+    lock: Arc<D::File>,
+    pub index: Index,
+    /// Open files by id (segments and the base the index points into).
+    pub files: Vec<OpenFile<D::File>>,
+    active: FrameLog<Arc<D::File>>,
+    pub active_id: u32,
+    active_name: String,
+    /// The active segment ended with a seal whose successor is not open yet.
+    sealed: bool,
+    /// The frame number the loaded base ends at (0 = no base).
+    base: u64,
+    base_bytes: u64,
+    /// Bytes of the segments since the base, up to the active one's start.
+    sealed_bytes: u64,
+    pub txn: Option<Txn>,
+    tuning: FsTuning,
+}
+
+impl<D: Dir> Engine<D> {
+    /// Opens (creating when empty) the store in `dir`, under its exclusive lock.
+    pub fn open(dir: D, tuning: FsTuning, busy_timeout: Duration) -> Result<Self> {
+        let names = dir
+            .list()
+            .map_err(|e| io_error("listing the store directory", &dir.describe(""), e))?;
+        let has_format = names.iter().any(|n| n == FORMAT_NAME);
+        if !has_format && names.iter().any(|n| n != LOCK_NAME && !n.starts_with('.')) {
+            return Err(Error::config(format!(
+                "{} is not empty and is not a silo fs: store (no {FORMAT_NAME} file); use an \
+                 empty or new directory",
+                dir.describe("")
+            )));
+        }
+        let lock = Arc::new(
+            dir.open(LOCK_NAME, true)
+                .map_err(|e| io_error("opening the lock file", &dir.describe(LOCK_NAME), e))?
+                .ok_or_else(|| Error::config("the lock file vanished while it was created"))?,
+        );
+        let _held = lock_exclusive(&*lock, busy_timeout, &dir.describe(LOCK_NAME))?;
+        check_format(&dir)?;
+        let base = read_current(&dir)?;
+        let placeholder = Arc::new(
+            dir.open(LOCK_NAME, false)
+                .map_err(|e| io_error("opening the lock file", &dir.describe(LOCK_NAME), e))?
+                .ok_or_else(|| Error::config("the lock file vanished"))?,
+        );
+        let mut engine = Engine {
+            dir,
+            lock: lock.clone(),
+            index: Index::default(),
+            files: Vec::new(),
+            active: FrameLog::attach(placeholder, 1),
+            active_id: 0,
+            active_name: String::new(),
+            sealed: false,
+            base: 0,
+            base_bytes: 0,
+            sealed_bytes: 0,
+            txn: None,
+            tuning,
+        };
+        engine.load(base, true)?;
+        engine.remove_strays()?;
+        Ok(engine)
+    }
+
+    /// Rebuilds the index from the base `base` (0 = none) and the segments after it. A
+    /// process that lagged behind a compaction may find them removed already: it follows
+    /// `CURRENT` to the newer base instead.
+    fn load(&mut self, mut base: u64, writer: bool) -> Result<()> {
+        loop {
+            match self.load_from(base, writer) {
+                Err(Missing(name)) => {
+                    let current = read_current(&self.dir)?;
+                    if current == base {
+                        return Err(Error::Corrupt {
+                            path: self.dir.describe(&name),
+                            detail: format!(
+                                "missing, though {CURRENT_NAME} names the chain it belongs to"
+                            ),
+                        });
+                    }
+                    base = current;
+                }
+                Ok(result) => return result,
+            }
+        }
+    }
+
+    fn load_from(&mut self, base: u64, writer: bool) -> std::result::Result<Result<()>, Missing> {
+        self.index = Index::default();
+        self.files.clear();
+        self.base = base;
+        self.base_bytes = 0;
+        self.sealed_bytes = 0;
+        if base > 0
+            && let Err(e) = self.load_base(base)
+        {
+            return match e {
+                BaseLoad::Missing(name) => Err(Missing(name)),
+                BaseLoad::Failed(e) => Ok(Err(e)),
+            };
+        }
+        let first = base + 1;
+        let name = segment_name(first);
+        // The segment after a base is created before the base is named; only a newer
+        // compaction removes it.
+        let file = match self.dir.open(&name, false) {
+            Ok(Some(file)) => file,
+            Ok(None) if base > 0 => return Err(Missing(name)),
+            Ok(None) => match self.dir.open(&name, writer) {
+                Ok(Some(file)) => file,
+                Ok(None) => return Ok(Ok(())),
+                Err(e) => {
+                    return Ok(Err(io_error(
+                        "creating a segment",
+                        &self.dir.describe(&name),
+                        e,
+                    )));
+                }
+            },
+            Err(e) => {
+                return Ok(Err(io_error(
+                    "opening a segment",
+                    &self.dir.describe(&name),
+                    e,
+                )));
+            }
+        };
+        self.attach(file, first, name);
+        Ok(self.catch_up(writer))
+    }
+
+    fn add_file(&mut self, file: Arc<D::File>, name: String) -> u32 {
+        self.files.push(Some((file, name)));
+        (self.files.len() - 1) as u32
+    }
+
+    fn attach(&mut self, file: D::File, first: u64, name: String) {
+        let file = Arc::new(file);
+        self.active_id = self.add_file(file.clone(), name.clone());
+        self.active = FrameLog::attach(file, first);
+        self.active_name = name;
+        self.sealed = false;
+    }
+
+    fn load_base(&mut self, base: u64) -> std::result::Result<(), BaseLoad> {
+        let name = base_name(base);
+        let where_ = self.dir.describe(&name);
+        let file = Arc::new(
+            self.dir
+                .open(&name, false)
+                .map_err(|e| io_error("opening the base", &where_, e))?
+                .ok_or(BaseLoad::Missing(name.clone()))?,
+        );
+        let id = self.add_file(file.clone(), name);
+        let mut log = FrameLog::attach(file.clone(), 1);
+        let found = log.catch_up(false).map_err(|e| log_error(e, &where_))?;
+        let mut ended = false;
+        for frame in &found.frames {
+            let payload = log
+                .read(frame)
+                .map_err(|e| io_error("reading the base", &where_, e))?;
+            let (_, end) = fold_payload(&mut self.index, &payload, id, frame.payload_offset())
+                .map_err(|detail| Error::Corrupt {
+                    path: where_.clone(),
+                    detail: format!("frame at offset {}: {detail}", frame.offset),
+                })?;
+            ended |= end;
+        }
+        let len = file
+            .len()
+            .map_err(|e| io_error("reading the base", &where_, e))?;
+        if !ended || log.end() != len {
+            return Err(BaseLoad::Failed(Error::Corrupt {
+                path: where_,
+                detail: "the base is incomplete or damaged at its end (a base is written whole \
+                         before it is named, so this is damage on the medium)"
+                    .into(),
+            }));
+        }
+        self.base_bytes = len;
+        Ok(())
+    }
+
+    /// Folds the frames appended since this process last looked, following seals into the
+    /// next segment; a `writer` (holding the exclusive lock) cuts a torn tail.
+    pub fn catch_up(&mut self, writer: bool) -> Result<()> {
+        loop {
+            if !self.sealed {
+                let found = self
+                    .active
+                    .catch_up(writer)
+                    .map_err(|e| log_error(e, &self.dir.describe(&self.active_name)))?;
+                for frame in &found.frames {
+                    if self.sealed {
+                        return Err(Error::Corrupt {
+                            path: self.dir.describe(&self.active_name),
+                            detail: format!("frame at offset {} follows a seal", frame.offset),
+                        });
+                    }
+                    let payload = self.active.read(frame).map_err(|e| {
+                        io_error(
+                            "reading a segment",
+                            &self.dir.describe(&self.active_name),
+                            e,
+                        )
+                    })?;
+                    // Folded into a copy so that a frame applies whole or not at all.
+                    let mut next = self.index.clone();
+                    let (seal, _) =
+                        fold_payload(&mut next, &payload, self.active_id, frame.payload_offset())
+                            .map_err(|detail| Error::Corrupt {
+                            path: self.dir.describe(&self.active_name),
+                            detail: format!("frame at offset {}: {detail}", frame.offset),
+                        })?;
+                    self.index = next;
+                    self.sealed = seal;
+                }
+                if !self.sealed {
+                    return Ok(());
+                }
+            }
+            // Crossing a seal: a compaction names its base (through its first seal) before
+            // its second seal, so a process crossing a seal that a base covers reloads from
+            // that base, letting go of the files it replaced, and a process that lagged
+            // behind removed segments finds the newer chain the same way.
+            let next = self.active.next_number();
+            let current = read_current(&self.dir)?;
+            if current >= next - 1 && current > self.base {
+                return self.load(current, writer);
+            }
+            let name = segment_name(next);
+            let Some(file) = self
+                .dir
+                .open(&name, false)
+                .map_err(|e| io_error("opening a segment", &self.dir.describe(&name), e))?
+            else {
+                // Removed since CURRENT was read: a compaction moved the chain on.
+                let current = read_current(&self.dir)?;
+                if current > self.base {
+                    return self.load(current, writer);
+                }
+                return Err(Error::Corrupt {
+                    path: self.dir.describe(&name),
+                    detail: "missing, though a durable seal leads to it".into(),
+                });
+            };
+            self.sealed_bytes += self.active.end();
+            self.attach(file, next, name);
+        }
+    }
+
+    /// Starts a transaction (the caller holds the exclusive lock and caught up).
+    pub fn begin(&mut self, held: Option<StoreLock>) {
+        self.txn = Some(Txn {
+            working: self.index.clone(),
+            enc: Encoder::default(),
+            payload_at: self.active.end() + silo_engine::frame::HEADER as u64,
+            file: self.active_id,
+            held,
+        });
+    }
+
+    /// Appends the transaction's records as one frame and adopts its index. Nothing is
+    /// written when it decided no records.
+    pub fn commit(&mut self) -> Result<Option<Committed<D::File>>> {
+        let Some(txn) = self.txn.take() else {
+            return Ok(None);
+        };
+        if txn.enc.buf.is_empty() {
+            return Ok(None);
+        }
+        if txn.enc.buf.len() > MAX_PAYLOAD {
+            return Err(Error::invalid(format!(
+                "one atomic write of {} bytes is over the limit of {MAX_PAYLOAD} bytes per \
+                 frame; split it into smaller operations",
+                txn.enc.buf.len()
+            )));
+        }
+        let frame = self.active.append(&txn.enc.buf).map_err(|e| {
+            io_error(
+                "appending to the log",
+                &self.dir.describe(&self.active_name),
+                e,
+            )
+        })?;
+        if frame.payload_offset() != txn.payload_at || txn.file != self.active_id {
+            // Cannot happen under the exclusive lock; refuse to adopt an index that points
+            // at the wrong bytes.
+            return Err(Error::Backend {
+                backend: "fs".into(),
+                message: format!(
+                    "a frame landed at {} where {} was planned (a silo bug); reopen the store",
+                    frame.payload_offset(),
+                    txn.payload_at
+                ),
+            });
+        }
+        self.index = txn.working;
+        let file = self.active.store().clone();
+        Ok(Some(Committed {
+            file,
+            end: frame.end(),
+        }))
+    }
+
+    /// Seals the active segment when it is full, and compacts when the log since the base
+    /// has grown past the base (the caller holds the exclusive lock and committed).
+    pub fn maintain(&mut self) -> Result<()> {
+        if self.active.end() >= self.tuning.segment_bytes {
+            self.seal()?;
+        }
+        let log_bytes = self.sealed_bytes + self.active.end();
+        if log_bytes > self.tuning.compact_min_bytes.max(self.base_bytes) {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Ends the active segment with a seal frame and opens the next one. The next file is
+    /// emptied before the seal is written (only a seal can lead a reader into it), and the
+    /// seal is synced before any frame lands in the next file, so no stale frame is ever
+    /// read as part of the chain.
+    fn seal(&mut self) -> Result<()> {
+        let seal_number = self.active.next_number();
+        let next = seal_number + 1;
+        let name = segment_name(next);
+        let where_ = self.dir.describe(&name);
+        let file = self
+            .dir
+            .open(&name, true)
+            .map_err(|e| io_error("creating a segment", &where_, e))?
+            .ok_or_else(|| Error::config("a new segment vanished"))?;
+        file.truncate(0)
+            .map_err(|e| io_error("creating a segment", &where_, e))?;
+        self.dir
+            .sync()
+            .map_err(|e| io_error("creating a segment", &where_, e))?;
+        let mut enc = Encoder::default();
+        enc.push(&Rec::Seal);
+        let old = self.dir.describe(&self.active_name);
+        self.active
+            .append(&enc.buf)
+            .map_err(|e| io_error("sealing a segment", &old, e))?;
+        self.active
+            .sync()
+            .map_err(|e| io_error("sealing a segment", &old, e))?;
+        self.sealed_bytes += self.active.end();
+        self.attach(file, next, name);
+        Ok(())
+    }
+
+    /// Rewrites the live state as a new base beside the log, names it in `CURRENT`, and
+    /// removes what it replaced. Crash-safe at every step: until `CURRENT` is renamed the old
+    /// chain is whole and named; after, the new one is.
+    pub fn compact(&mut self) -> Result<()> {
+        self.seal()?;
+        let through = self.active.next_number() - 1;
+        let name = base_name(through);
+        let tmp = format!("{name}.tmp");
+        let where_ = self.dir.describe(&tmp);
+        let file = self
+            .dir
+            .open(&tmp, true)
+            .map_err(|e| io_error("writing a base", &where_, e))?
+            .ok_or_else(|| Error::config("a new base vanished"))?;
+        file.truncate(0)
+            .map_err(|e| io_error("writing a base", &where_, e))?;
+        let mut log = FrameLog::attach(&file, 1);
+        let io = |e| io_error("writing a base", &where_, e);
+        write_base(&self.index, &self.files, &mut log).map_err(|e| match e {
+            BaseError::Io(e) => io(e),
+            BaseError::Silo(e) => e,
+        })?;
+        log.sync().map_err(io)?;
+        self.dir.rename(&tmp, &name).map_err(io)?;
+        write_small_file(&self.dir, CURRENT_NAME, format!("{name}\n").as_bytes())?;
+        // Every process that crosses this seal sees the new CURRENT and reloads from it.
+        self.seal()?;
+        self.load(through, true)?;
+        self.remove_strays()
+    }
+
+    /// Removes files the chain no longer uses: segments before it, other bases, leftovers of
+    /// an interrupted compaction, a next segment whose seal never became durable.
+    fn remove_strays(&mut self) -> Result<()> {
+        let names = self
+            .dir
+            .list()
+            .map_err(|e| io_error("listing the store directory", &self.dir.describe(""), e))?;
+        let active_start =
+            parse_numbered(&self.active_name, "seg-").unwrap_or(self.active.next_number());
+        for name in names {
+            let stray = if let Some(first) = parse_numbered(&name, "seg-") {
+                first <= self.base || first > active_start
+            } else if let Some(through) = parse_numbered(&name, "base-") {
+                through != self.base
+            } else {
+                name.ends_with(".tmp")
+            };
+            if stray {
+                self.dir
+                    .remove(&name)
+                    .map_err(|e| io_error("removing a stale file", &self.dir.describe(&name), e))?;
+            }
+        }
+        self.dir
+            .sync()
+            .map_err(|e| io_error("syncing the store directory", &self.dir.describe(""), e))
+    }
+
+    /// Takes the writers' lock, waiting up to `timeout`.
+    pub fn lock_exclusive(&self, timeout: Duration) -> Result<StoreLock> {
+        lock_exclusive(&*self.lock, timeout, &self.dir.describe(LOCK_NAME))
+    }
+
+    /// A value's bytes, from the pending transaction or from its file.
+    pub fn load_value(&self, r: ValRef) -> Result<Vec<u8>> {
+        load_value(&self.files, self.txn.as_ref(), r, &self.dir)
+    }
+
+    /// Bytes of every file the chain uses.
+    pub fn bytes_on_disk(&self) -> u64 {
+        self.files
+            .iter()
+            .flatten()
+            .filter_map(|(f, _)| f.len().ok())
+            .sum()
+    }
+
+    /// Where the store lives, for messages.
+    pub fn describe(&self) -> String {
+        self.dir.describe("")
+    }
+}
+
+/// A value's bytes: pending in `txn`'s payload when it points past the log's end, else read
+/// from its file.
+pub(crate) fn load_value<D: Dir>(
+    files: &[OpenFile<D::File>],
+    txn: Option<&Txn>,
+    r: ValRef,
+    dir: &D,
+) -> Result<Vec<u8>> {
+    if let Some(txn) = txn
+        && r.file == txn.file
+        && r.offset >= txn.payload_at
+    {
+        let start = (r.offset - txn.payload_at) as usize;
+        return txn
+            .enc
+            .buf
+            .get(start..start + r.len as usize)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| Error::Backend {
+                backend: "fs".into(),
+                message: "a pending value lies outside its transaction (a silo bug)".into(),
+            });
+    }
+    let Some(Some((file, name))) = files.get(r.file as usize) else {
+        return Err(Error::Backend {
+            backend: "fs".into(),
+            message: format!(
+                "a value points at file {} which is not open (a silo bug)",
+                r.file
+            ),
+        });
+    };
+    let mut buf = vec![0u8; r.len as usize];
+    file.read_at(&mut buf, r.offset)
+        .map_err(|e| io_error("reading a value", &dir.describe(name), e))?;
+    Ok(buf)
+}
+
+/// Folds every record of one payload; returns whether it held a seal and an end mark.
+pub(crate) fn fold_payload(
+    index: &mut Index,
+    payload: &[u8],
+    file: u32,
+    payload_offset: u64,
+) -> std::result::Result<(bool, bool), String> {
+    let mut decoder = Decoder::new(payload);
+    let (mut seal, mut end) = (false, false);
+    let at = |s: Span| ValRef {
+        file,
+        offset: payload_offset + s.pos as u64,
+        len: s.len as u32,
+    };
+    loop {
+        let rec = decoder
+            .next_record()
+            .map_err(|m| format!("record at payload byte {}: {}", m.at, m.detail))?;
+        let Some(rec) = rec else { break };
+        seal |= rec == Rec::Seal;
+        end |= rec == Rec::End;
+        index.fold(&rec, at)?;
+    }
+    Ok((seal, end))
+}
+
+/// A file of the chain was not there.
+struct Missing(String);
+
+enum BaseLoad {
+    Missing(String),
+    Failed(Error),
+}
+
+impl From<Error> for BaseLoad {
+    fn from(e: Error) -> Self {
+        BaseLoad::Failed(e)
+    }
+}
+
+enum BaseError {
+    Io(std::io::Error),
+    Silo(Error),
+}
+
+/// Writes the index as records, in frames of about 1 MiB, ending with an end mark.
+fn write_base<S: Store, F: Store>(
+    index: &Index,
+    files: &[OpenFile<F>],
+    log: &mut FrameLog<S>,
+) -> std::result::Result<(), BaseError> {
+    let read = |r: ValRef| -> std::result::Result<Vec<u8>, BaseError> {
+        let Some(Some((file, _))) = files.get(r.file as usize) else {
+            return Err(BaseError::Silo(Error::Backend {
+                backend: "fs".into(),
+                message: "a value points at a file that is not open (a silo bug)".into(),
+            }));
+        };
+        let mut buf = vec![0u8; r.len as usize];
+        file.read_at(&mut buf, r.offset).map_err(BaseError::Io)?;
+        Ok(buf)
+    };
+    let mut enc = Encoder::default();
+    let mut flush = |enc: &mut Encoder, force: bool| -> std::result::Result<(), BaseError> {
+        if enc.buf.len() >= 1 << 20 || (force && !enc.buf.is_empty()) {
+            log.append(&enc.buf).map_err(BaseError::Io)?;
+            enc.buf.clear();
+        }
+        Ok(())
+    };
+    for (name, scope) in index.scopes.iter() {
+        enc.push(&Rec::Touch {
+            scope: name,
+            at: scope.touched_ms,
+        });
+        for (ns, map) in scope.state.iter() {
+            for (key, v) in map.iter() {
+                let value = read(*v)?;
+                enc.push(&Rec::Put {
+                    scope: name,
+                    ns,
+                    key,
+                    value: &value,
+                });
+                flush(&mut enc, false)?;
+            }
+        }
+        for ((ns, key), log) in scope.logs.iter() {
+            for (id, v) in log.iter() {
+                let value = read(*v)?;
+                enc.push(&Rec::Append {
+                    scope: name,
+                    ns,
+                    key,
+                    id: *id,
+                    value: &value,
+                });
+                flush(&mut enc, false)?;
+            }
+        }
+        for ((ns, key), value) in scope.counters.iter() {
+            enc.push(&Rec::CounterSet {
+                scope: name,
+                ns,
+                key,
+                value: *value,
+            });
+        }
+        for (id, item) in scope.queue.iter() {
+            let value = read(item.value)?;
+            enc.push(&Rec::Item {
+                scope: name,
+                id: *id,
+                value: &value,
+                attempts: item.attempts,
+                visible_at: item.visible_at,
+                claim: item.claim.unwrap_or(0),
+            });
+            flush(&mut enc, false)?;
+        }
+        for dead in scope.dead.iter() {
+            let value = read(dead.value)?;
+            enc.push(&Rec::Dead {
+                scope: name,
+                value: &value,
+                attempts: dead.attempts,
+                at: dead.at,
+            });
+            flush(&mut enc, false)?;
+        }
+    }
+    for (key, once) in index.once.iter() {
+        let reply = read(once.reply)?;
+        enc.push(&Rec::Once {
+            key,
+            fingerprint: &once.fingerprint,
+            reply: &reply,
+            at: once.at,
+        });
+        flush(&mut enc, false)?;
+    }
+    let seq = index.seq;
+    enc.push(&Rec::Seq {
+        log: seq.last_log_id,
+        item: seq.last_item_id,
+        claim: seq.last_claim_id,
+    });
+    enc.push(&Rec::End);
+    flush(&mut enc, true)
+}
+
+fn log_error(e: LogError, where_: &str) -> Error {
+    match e {
+        LogError::Io(e) => io_error("reading the log", where_, e),
+        LogError::Corrupt { offset, detail } => Error::Corrupt {
+            path: where_.to_owned(),
+            detail: format!("at offset {offset}: {detail}"),
+        },
+    }
+}
+
+fn lock_exclusive<S: Store>(lock: &S, timeout: Duration, where_: &str) -> Result<StoreLock> {
+    let io = |e| io_error("taking the store lock", where_, e);
+    if let Some(held) = lock.try_lock(LockMode::Exclusive).map_err(io)? {
+        return Ok(held);
+    }
+    // Another process writes: its operation takes microseconds, so spin briefly, then back
+    // off. A process stopped while holding the lock surfaces as Unavailable, not a hang.
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_micros(2);
+    loop {
+        for _ in 0..8 {
+            std::thread::yield_now();
+            if let Some(held) = lock.try_lock(LockMode::Exclusive).map_err(io)? {
+                return Ok(held);
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Unavailable {
+                message: format!(
+                    "another process held the store lock {where_} for longer than {timeout:?} \
+                     (busy_timeout_ms)"
+                ),
+            });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(2));
+        if let Some(held) = lock.try_lock(LockMode::Exclusive).map_err(io)? {
+            return Ok(held);
+        }
+    }
+}
+
+fn read_small_file<D: Dir>(dir: &D, name: &str) -> Result<Option<Vec<u8>>> {
+    let where_ = dir.describe(name);
+    let Some(file) = dir
+        .open(name, false)
+        .map_err(|e| io_error("opening", &where_, e))?
+    else {
+        return Ok(None);
+    };
+    let len = file.len().map_err(|e| io_error("reading", &where_, e))?;
+    if len > 4096 {
+        return Err(Error::Corrupt {
+            path: where_,
+            detail: format!("{len} bytes where a short line was expected"),
+        });
+    }
+    let mut buf = vec![0u8; len as usize];
+    file.read_at(&mut buf, 0)
+        .map_err(|e| io_error("reading", &where_, e))?;
+    Ok(Some(buf))
+}
+
+/// Replaces `name` with `bytes` atomically and durably (a temp file, synced, renamed).
+fn write_small_file<D: Dir>(dir: &D, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = format!("{name}.tmp");
+    let where_ = dir.describe(name);
+    let io = |e| io_error("writing", &where_, e);
+    let file = dir
+        .open(&tmp, true)
+        .map_err(io)?
+        .ok_or_else(|| Error::config(format!("{where_} vanished while it was written")))?;
+    file.truncate(0).map_err(io)?;
+    file.write_at(bytes, 0).map_err(io)?;
+    file.sync().map_err(io)?;
+    dir.rename(&tmp, name).map_err(io)
+}
+
+/// Creates `FORMAT` in a new store, or checks the one there.
+fn check_format<D: Dir>(dir: &D) -> Result<()> {
+    let where_ = dir.describe(FORMAT_NAME);
+    let Some(bytes) = read_small_file(dir, FORMAT_NAME)? else {
+        return write_small_file(
+            dir,
+            FORMAT_NAME,
+            format!("{FORMAT_MAGIC} {FORMAT_VERSION}\n").as_bytes(),
+        );
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let version = text
+        .trim_end()
+        .strip_prefix(FORMAT_MAGIC)
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .ok_or_else(|| Error::Corrupt {
+            path: where_.clone(),
+            detail: format!("{text:?} is not a silo fs: format line; this is not a silo store"),
+        })?;
+    if version > FORMAT_VERSION {
+        return Err(Error::Unsupported {
+            op: format!("opening a store of fs: format {version} ({where_})"),
+            backend: format!(
+                "this silo {} (it reads format {FORMAT_VERSION}; upgrade silo)",
+                crate::VERSION
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The frame number the chain's base ends at (0 = no base yet).
+fn read_current<D: Dir>(dir: &D) -> Result<u64> {
+    let Some(bytes) = read_small_file(dir, CURRENT_NAME)? else {
+        return Ok(0);
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    parse_numbered(text.trim_end(), "base-").ok_or_else(|| Error::Corrupt {
+        path: dir.describe(CURRENT_NAME),
+        detail: format!("{text:?} does not name a base"),
+    })
+}

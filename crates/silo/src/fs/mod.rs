@@ -1,0 +1,843 @@
+//! `fs:///abs/dir` — silo's own log-structured backend (SPEC §5): the contract on top of the
+//! engine in [`engine`]. Each operation reads the index, decides its records (ids, times,
+//! preconditions) and commits them as one frame; reads resolve values with one positioned
+//! read. Safe across threads and processes; `sync=full` fsyncs every commit, sharing one
+//! fsync among the writers that wait for it (group commit).
+
+mod engine;
+mod index;
+mod record;
+
+use std::cell::RefCell;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, ReentrantMutex};
+use silo_engine::{Dir, FileDir, Store};
+
+pub use engine::FsTuning;
+use engine::{Committed, Engine, load_value};
+use index::{Index, Scope, ValRef};
+use record::Rec;
+
+use crate::options::millis;
+use crate::storage::{Entry, KeyValue, key_reused};
+use crate::{
+    Claim, DeadLetter, Error, FunctionStorage, KeyRange, Result, Selection, StoreOptions,
+    StoreStats, SyncMode,
+};
+
+/// A store in a directory, on any [`Dir`] (a real one by default; tests use in-memory and
+/// fault-injecting ones).
+pub struct FsStore<D: Dir = FileDir> {
+    options: StoreOptions,
+    location: String,
+    /// Reentrant so that the operations `apply_once` runs can take it again on its thread.
+    engine: ReentrantMutex<RefCell<Engine<D>>>,
+    /// The last (file, end) made durable, and the lock one fsync at a time runs under, so
+    /// writers that waited for it find their frame already synced (group commit).
+    synced: Mutex<(usize, u64)>,
+}
+
+/// The `fs:` store on a real directory.
+pub type FsStorage = FsStore<FileDir>;
+
+impl<D: Dir> std::fmt::Debug for FsStore<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsStore")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FsStore<FileDir> {
+    /// Opens (creating, 0700) the store in the directory `path`.
+    pub fn open(path: impl AsRef<Path>, options: StoreOptions, tuning: FsTuning) -> Result<Self> {
+        let path = path.as_ref();
+        let dir = FileDir::open(path).map_err(|e| {
+            engine::io_error(
+                "opening the store directory",
+                &path.display().to_string(),
+                e,
+            )
+        })?;
+        Self::open_in(dir, options, tuning)
+    }
+}
+
+impl<D: Dir> FsStore<D> {
+    /// Opens (creating when empty) the store in `dir`.
+    pub fn open_in(dir: D, options: StoreOptions, tuning: FsTuning) -> Result<Self> {
+        let engine = Engine::open(dir, tuning, options.busy_timeout)?;
+        Ok(FsStore {
+            location: format!("fs://{}", engine.describe()),
+            options,
+            engine: ReentrantMutex::new(RefCell::new(engine)),
+            synced: Mutex::new((0, 0)),
+        })
+    }
+
+    /// Rewrites the live state compactly now (it also runs on its own as the log grows).
+    pub fn compact(&self) -> Result<()> {
+        let guard = self.engine.lock();
+        let mut eng = guard.try_borrow_mut().map_err(|_| reentered())?;
+        if eng.txn.is_some() {
+            return Err(Error::invalid("compact cannot run inside apply_once"));
+        }
+        let _held = eng.lock_exclusive(self.options.busy_timeout)?;
+        eng.catch_up(true)?;
+        eng.compact()
+    }
+
+    /// Runs `f` on the index as of now (the open transaction's, inside `apply_once`).
+    fn read<T>(&self, f: impl FnOnce(&Reader<'_, D>) -> Result<T>) -> Result<T> {
+        let guard = self.engine.lock();
+        let mut eng = guard.try_borrow_mut().map_err(|_| reentered())?;
+        if eng.txn.is_none() {
+            eng.catch_up(false)?;
+        }
+        let eng = &*eng;
+        let index = eng.txn.as_ref().map_or(&eng.index, |t| &t.working);
+        f(&Reader { eng, index })
+    }
+
+    /// Runs `f` as one committed frame: under the writers' lock, caught up, all or nothing.
+    /// Inside `apply_once` it joins the open transaction instead.
+    fn write<T>(&self, f: impl FnOnce(&mut Tx<'_, D>) -> Result<T>) -> Result<T> {
+        let guard = self.engine.lock();
+        let mut eng = guard.try_borrow_mut().map_err(|_| reentered())?;
+        if eng.txn.as_ref().is_some_and(|t| t.held.is_some()) {
+            return run_tx(&mut eng, &self.options, f);
+        }
+        let held = eng.lock_exclusive(self.options.busy_timeout)?;
+        eng.catch_up(true)?;
+        eng.begin(None);
+        let outcome = run_tx(&mut eng, &self.options, f);
+        let committed = match outcome {
+            Ok(_) => eng.commit(),
+            Err(_) => {
+                eng.txn = None;
+                Ok(None)
+            }
+        };
+        let maintained = match &committed {
+            Ok(Some(_)) => eng.maintain(),
+            _ => Ok(()),
+        };
+        drop(held);
+        drop(eng);
+        drop(guard);
+        let committed = committed?;
+        let value = outcome?;
+        if let Some(c) = committed {
+            self.make_durable(c)?;
+        }
+        // A failed seal or compaction leaves the committed write intact and is retried by
+        // the next write; the caller still hears about it.
+        maintained?;
+        Ok(value)
+    }
+
+    /// Under `sync=full`, fsyncs the segment up to `c.end` unless a concurrent writer's fsync
+    /// already covered it.
+    fn make_durable(&self, c: Committed<D::File>) -> Result<()> {
+        if self.options.sync != SyncMode::Full {
+            return Ok(());
+        }
+        let key = Arc::as_ptr(&c.file) as *const () as usize;
+        let mut synced = self.synced.lock();
+        if synced.0 == key && synced.1 >= c.end {
+            return Ok(());
+        }
+        // Read the end before syncing: everything appended up to it is covered.
+        let end = c.file.len().unwrap_or(c.end);
+        c.file
+            .sync()
+            .map_err(|e| engine::io_error("syncing a commit", &self.location, e))?;
+        *synced = (key, end.max(c.end));
+        Ok(())
+    }
+
+    /// `apply_once` and `apply_atomically`: the writers' lock held for the whole effect, its
+    /// records and the reply's record committed as one frame.
+    fn transact(
+        &self,
+        record: Option<(&[u8], &[u8])>,
+        apply: &mut dyn FnMut(&dyn FunctionStorage) -> Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        let guard = self.engine.lock();
+        {
+            let mut eng = guard.try_borrow_mut().map_err(|_| reentered())?;
+            if eng.txn.as_ref().is_some_and(|t| t.held.is_some()) {
+                return Err(Error::invalid("apply_once cannot be nested"));
+            }
+            let held = eng.lock_exclusive(self.options.busy_timeout)?;
+            eng.catch_up(true)?;
+            if let Some((key, fingerprint)) = record
+                && let Some(stored) = eng.index.once.get(key)
+            {
+                if !stored.fingerprint.is_empty() && stored.fingerprint != fingerprint {
+                    return Err(key_reused());
+                }
+                return eng.load_value(stored.reply);
+            }
+            eng.begin(Some(held));
+        }
+        struct Rollback<'a, D: Dir>(&'a RefCell<Engine<D>>);
+        impl<D: Dir> Drop for Rollback<'_, D> {
+            fn drop(&mut self) {
+                if let Ok(mut eng) = self.0.try_borrow_mut() {
+                    eng.txn = None;
+                }
+            }
+        }
+        let rollback = Rollback(&guard);
+        let reply = apply(self)?;
+        let mut eng = guard.try_borrow_mut().map_err(|_| reentered())?;
+        if let Some((key, fingerprint)) = record {
+            let now = self.options.clock.now_ms();
+            run_tx(&mut eng, &self.options, |tx| {
+                tx.emit(&Rec::Once {
+                    key,
+                    fingerprint,
+                    reply: &reply,
+                    at: now,
+                })
+            })?;
+        }
+        let held = eng.txn.as_mut().and_then(|t| t.held.take());
+        let committed = eng.commit();
+        let maintained = match &committed {
+            Ok(Some(_)) => eng.maintain(),
+            _ => Ok(()),
+        };
+        drop(held);
+        drop(eng);
+        drop(rollback);
+        drop(guard);
+        if let Some(c) = committed? {
+            self.make_durable(c)?;
+        }
+        maintained?;
+        Ok(reply)
+    }
+}
+
+fn reentered() -> Error {
+    Error::Backend {
+        backend: "fs".into(),
+        message: "an operation re-entered the store while it was in use (a silo bug)".into(),
+    }
+}
+
+fn run_tx<D: Dir, T>(
+    eng: &mut Engine<D>,
+    options: &StoreOptions,
+    f: impl FnOnce(&mut Tx<'_, D>) -> Result<T>,
+) -> Result<T> {
+    let Engine {
+        txn, files, dir, ..
+    } = eng;
+    let Some(txn) = txn.as_mut() else {
+        return Err(Error::Backend {
+            backend: "fs".into(),
+            message: "a write ran without a transaction (a silo bug)".into(),
+        });
+    };
+    f(&mut Tx {
+        txn,
+        files,
+        dir,
+        now: options.clock.now_ms(),
+        options,
+    })
+}
+
+/// Read access to the index and the values it points at.
+struct Reader<'a, D: Dir> {
+    eng: &'a Engine<D>,
+    index: &'a Index,
+}
+
+impl<D: Dir> Reader<'_, D> {
+    fn value(&self, r: ValRef) -> Result<Vec<u8>> {
+        self.eng.load_value(r)
+    }
+
+    fn scope(&self, scope: &[u8]) -> Option<&Scope> {
+        self.index.scopes.get(scope)
+    }
+}
+
+/// A write in progress: reads the transaction's index, emits records into its frame.
+struct Tx<'a, D: Dir> {
+    txn: &'a mut engine::Txn,
+    files: &'a [engine::OpenFile<D::File>],
+    dir: &'a D,
+    now: i64,
+    options: &'a StoreOptions,
+}
+
+impl<D: Dir> Tx<'_, D> {
+    fn index(&self) -> &Index {
+        &self.txn.working
+    }
+
+    fn scope(&self, scope: &[u8]) -> Option<&Scope> {
+        self.txn.working.scopes.get(scope)
+    }
+
+    fn value(&self, r: ValRef) -> Result<Vec<u8>> {
+        load_value(self.files, Some(self.txn), r, self.dir)
+    }
+
+    /// Adds a record to the frame and folds it into the transaction's index.
+    fn emit(&mut self, rec: &Rec<'_, &[u8]>) -> Result<()> {
+        let txn = &mut *self.txn;
+        let start = txn.enc.buf.len();
+        txn.enc.push(rec);
+        let (file, base) = (txn.file, txn.payload_at + start as u64);
+        let mut decoder = record::Decoder::new(&txn.enc.buf[start..]);
+        let folded = match decoder.next_record() {
+            Ok(Some(rec)) => txn.working.fold(&rec, |s| ValRef {
+                file,
+                offset: base + s.pos as u64,
+                len: s.len as u32,
+            }),
+            Ok(None) => Err("an empty record".to_string()),
+            Err(m) => Err(m.detail),
+        };
+        folded.map_err(|detail| Error::Backend {
+            backend: "fs".into(),
+            message: format!("a record did not apply ({detail}; a silo bug)"),
+        })
+    }
+
+    /// Marks the scope written now (creating it).
+    fn touch(&mut self, scope: &[u8]) -> Result<()> {
+        let now = self.now;
+        self.emit(&Rec::Touch { scope, at: now })
+    }
+
+    /// Marks an existing scope written now; false when the scope does not exist.
+    fn touch_existing(&mut self, scope: &[u8]) -> Result<bool> {
+        if self.scope(scope).is_none() {
+            return Ok(false);
+        }
+        self.touch(scope)?;
+        Ok(true)
+    }
+
+    /// Buries the exhausted items in front of the next deliverable one; returns its id.
+    fn next_visible(&mut self, scope: &[u8]) -> Result<Option<i64>> {
+        let max_attempts = self.options.max_attempts;
+        let Some(s) = self.scope(scope) else {
+            return Ok(None);
+        };
+        let (buried, next) = s.next_visible(self.now, max_attempts);
+        let now = self.now;
+        for id in buried {
+            self.emit(&Rec::Bury { scope, id, at: now })?;
+        }
+        Ok(next)
+    }
+
+    /// Runs `f(item id)` when `claim_id` is a live lease of the scope, marking it written.
+    fn with_live_claim(
+        &mut self,
+        scope: &[u8],
+        claim_id: i64,
+        f: impl FnOnce(&mut Self, i64) -> Result<()>,
+    ) -> Result<bool> {
+        let Some(item_id) = self
+            .scope(scope)
+            .and_then(|s| s.live_claim(claim_id, self.now))
+        else {
+            return Ok(false);
+        };
+        self.touch(scope)?;
+        f(self, item_id)?;
+        Ok(true)
+    }
+}
+
+fn check_lease(lease: Duration) -> Result<i64> {
+    let ms = millis(lease);
+    if ms <= 0 {
+        return Err(Error::invalid("a lease must be at least 1 millisecond"));
+    }
+    Ok(ms)
+}
+
+impl<D: Dir> FunctionStorage for FsStore<D> {
+    fn state_get(&self, scope: &[u8], ns: &[u8], key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.read(|r| {
+            match r
+                .scope(scope)
+                .and_then(|s| s.state.get(ns))
+                .and_then(|m| m.get(key))
+            {
+                Some(v) => r.value(*v).map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn state_put(&self, scope: &[u8], ns: &[u8], key: &[u8], value: &[u8]) -> Result<()> {
+        self.options.check_path(scope, ns, key)?;
+        self.options.check_value(value)?;
+        self.write(|tx| {
+            tx.touch(scope)?;
+            tx.emit(&Rec::Put {
+                scope,
+                ns,
+                key,
+                value,
+            })
+        })
+    }
+
+    fn state_del(&self, scope: &[u8], ns: &[u8], key: &[u8]) -> Result<bool> {
+        Ok(self.state_delete(scope, ns, &Selection::Keys(vec![key.to_vec()]))? > 0)
+    }
+
+    fn state_get_many(
+        &self,
+        scope: &[u8],
+        ns: &[u8],
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        self.read(|r| {
+            let map = r.scope(scope).and_then(|s| s.state.get(ns));
+            keys.iter()
+                .map(|k| match map.and_then(|m| m.get(k)) {
+                    Some(v) => r.value(*v).map(Some),
+                    None => Ok(None),
+                })
+                .collect()
+        })
+    }
+
+    fn state_put_many(&self, scope: &[u8], ns: &[u8], items: &[KeyValue]) -> Result<()> {
+        for (key, value) in items {
+            self.options.check_path(scope, ns, key)?;
+            self.options.check_value(value)?;
+        }
+        self.write(|tx| {
+            tx.touch(scope)?;
+            for (key, value) in items {
+                tx.emit(&Rec::Put {
+                    scope,
+                    ns,
+                    key,
+                    value,
+                })?;
+            }
+            Ok(())
+        })
+    }
+
+    fn state_scan(
+        &self,
+        scope: &[u8],
+        ns: &[u8],
+        range: &KeyRange,
+        reverse: bool,
+        limit: u64,
+    ) -> Result<Vec<KeyValue>> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        self.read(|r| {
+            let Some(map) = r.scope(scope).and_then(|s| s.state.get(ns)) else {
+                return Ok(Vec::new());
+            };
+            let iter = map.range::<_, [u8]>(range.bounds());
+            let pair = |(k, v): (&Vec<u8>, &ValRef)| Ok((k.clone(), r.value(*v)?));
+            if reverse {
+                iter.rev().take(limit).map(pair).collect()
+            } else {
+                iter.take(limit).map(pair).collect()
+            }
+        })
+    }
+
+    fn state_delete(&self, scope: &[u8], ns: &[u8], selection: &Selection) -> Result<u64> {
+        self.write(|tx| {
+            if !tx.touch_existing(scope)? {
+                return Ok(0);
+            }
+            let Some(map) = tx.scope(scope).and_then(|s| s.state.get(ns)).cloned() else {
+                return Ok(0);
+            };
+            let doomed: Vec<Vec<u8>> = match selection {
+                Selection::Keys(keys) => keys
+                    .iter()
+                    .filter(|k| map.contains_key(*k))
+                    .cloned()
+                    .collect(),
+                Selection::Range(range) if range.is_empty() => Vec::new(),
+                Selection::Range(range) => map
+                    .range::<_, [u8]>(range.bounds())
+                    .map(|(k, _)| k.clone())
+                    .collect(),
+                Selection::All => {
+                    tx.emit(&Rec::DropNs { scope, ns })?;
+                    return Ok(map.len() as u64);
+                }
+            };
+            let mut removed = 0;
+            for key in &doomed {
+                // A key listed twice is removed (and counted) once.
+                if tx
+                    .scope(scope)
+                    .and_then(|s| s.state.get(ns))
+                    .is_some_and(|m| m.contains_key(key))
+                {
+                    tx.emit(&Rec::Del { scope, ns, key })?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+    }
+
+    fn state_drain(&self, scope: &[u8], ns: &[u8]) -> Result<Vec<KeyValue>> {
+        self.write(|tx| {
+            if !tx.touch_existing(scope)? {
+                return Ok(Vec::new());
+            }
+            let Some(map) = tx.scope(scope).and_then(|s| s.state.get(ns)).cloned() else {
+                return Ok(Vec::new());
+            };
+            let pairs = map
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), tx.value(*v)?)))
+                .collect::<Result<Vec<_>>>()?;
+            tx.emit(&Rec::DropNs { scope, ns })?;
+            Ok(pairs)
+        })
+    }
+
+    fn append(&self, scope: &[u8], ns: &[u8], key: &[u8], value: &[u8]) -> Result<i64> {
+        self.options.check_path(scope, ns, key)?;
+        self.options.check_value(value)?;
+        self.write(|tx| {
+            tx.touch(scope)?;
+            let id = tx.index().seq.last_log_id + 1;
+            tx.emit(&Rec::Append {
+                scope,
+                ns,
+                key,
+                id,
+                value,
+            })?;
+            Ok(id)
+        })
+    }
+
+    fn scan(
+        &self,
+        scope: &[u8],
+        ns: &[u8],
+        key: &[u8],
+        after_id: i64,
+        limit: u64,
+    ) -> Result<Vec<Entry>> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        self.read(|r| {
+            let Some(log) = r
+                .scope(scope)
+                .and_then(|s| s.logs.get(&(ns.to_vec(), key.to_vec())))
+            else {
+                return Ok(Vec::new());
+            };
+            // Ids are strictly increasing along the log: the first id above `after_id`.
+            let start = match log.binary_search_by(|(id, _)| id.cmp(&after_id)) {
+                Ok(at) => at + 1,
+                Err(at) => at,
+            };
+            log.skip(start.min(log.len()))
+                .iter()
+                .take(limit)
+                .map(|(id, v)| Ok((*id, r.value(*v)?)))
+                .collect()
+        })
+    }
+
+    fn counter_get(&self, scope: &[u8], ns: &[u8], key: &[u8]) -> Result<i64> {
+        self.read(|r| {
+            Ok(r.scope(scope)
+                .and_then(|s| s.counters.get(&(ns.to_vec(), key.to_vec())).copied())
+                .unwrap_or(0))
+        })
+    }
+
+    fn counter_add(&self, scope: &[u8], ns: &[u8], key: &[u8], delta: i64) -> Result<i64> {
+        self.options.check_path(scope, ns, key)?;
+        self.write(|tx| {
+            let old = tx
+                .scope(scope)
+                .and_then(|s| s.counters.get(&(ns.to_vec(), key.to_vec())).copied())
+                .unwrap_or(0);
+            let value = old.checked_add(delta).ok_or_else(|| {
+                Error::invalid(format!(
+                    "counter_add({delta}) would overflow the value {old}"
+                ))
+            })?;
+            tx.touch(scope)?;
+            tx.emit(&Rec::CounterSet {
+                scope,
+                ns,
+                key,
+                value,
+            })?;
+            Ok(value)
+        })
+    }
+
+    fn counter_set(&self, scope: &[u8], ns: &[u8], key: &[u8], value: i64) -> Result<i64> {
+        self.options.check_path(scope, ns, key)?;
+        self.write(|tx| {
+            let old = tx
+                .scope(scope)
+                .and_then(|s| s.counters.get(&(ns.to_vec(), key.to_vec())).copied())
+                .unwrap_or(0);
+            tx.touch(scope)?;
+            tx.emit(&Rec::CounterSet {
+                scope,
+                ns,
+                key,
+                value,
+            })?;
+            Ok(old)
+        })
+    }
+
+    fn counter_delete(&self, scope: &[u8], ns: &[u8], key: &[u8]) -> Result<i64> {
+        self.write(|tx| {
+            if !tx.touch_existing(scope)? {
+                return Ok(0);
+            }
+            let old = tx
+                .scope(scope)
+                .and_then(|s| s.counters.get(&(ns.to_vec(), key.to_vec())).copied());
+            if old.is_some() {
+                tx.emit(&Rec::CounterDel { scope, ns, key })?;
+            }
+            Ok(old.unwrap_or(0))
+        })
+    }
+
+    fn queue_push(&self, scope: &[u8], items: &[Vec<u8>]) -> Result<()> {
+        self.options.check_name("scope", scope)?;
+        for item in items {
+            self.options.check_value(item)?;
+        }
+        self.write(|tx| {
+            tx.touch(scope)?;
+            for value in items {
+                let id = tx.index().seq.last_item_id + 1;
+                tx.emit(&Rec::Item {
+                    scope,
+                    id,
+                    value,
+                    attempts: 0,
+                    visible_at: 0,
+                    claim: 0,
+                })?;
+            }
+            Ok(())
+        })
+    }
+
+    fn queue_pop(&self, scope: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.write(|tx| {
+            if !tx.touch_existing(scope)? {
+                return Ok(None);
+            }
+            let Some(id) = tx.next_visible(scope)? else {
+                return Ok(None);
+            };
+            let Some(item) = tx.scope(scope).and_then(|s| s.queue.get(&id)).copied() else {
+                return Ok(None);
+            };
+            let value = tx.value(item.value)?;
+            tx.emit(&Rec::Remove { scope, id })?;
+            Ok(Some(value))
+        })
+    }
+
+    fn queue_len(&self, scope: &[u8]) -> Result<u64> {
+        self.read(|r| Ok(r.scope(scope).map_or(0, |s| s.queue.len() as u64)))
+    }
+
+    fn queue_clear(&self, scope: &[u8]) -> Result<u64> {
+        self.write(|tx| {
+            if !tx.touch_existing(scope)? {
+                return Ok(0);
+            }
+            let dropped = tx
+                .scope(scope)
+                .map_or(0, |s| (s.queue.len() + s.dead.len()) as u64);
+            tx.emit(&Rec::QueueClear { scope })?;
+            Ok(dropped)
+        })
+    }
+
+    fn queue_claim(&self, scope: &[u8], lease: Duration) -> Result<Option<Claim>> {
+        let lease_ms = check_lease(lease)?;
+        self.write(|tx| {
+            if !tx.touch_existing(scope)? {
+                return Ok(None);
+            }
+            let Some(id) = tx.next_visible(scope)? else {
+                return Ok(None);
+            };
+            let Some(item) = tx.scope(scope).and_then(|s| s.queue.get(&id)).copied() else {
+                return Ok(None);
+            };
+            let claim = tx.index().seq.last_claim_id + 1;
+            let value = tx.value(item.value)?;
+            let visible_at = tx.now.saturating_add(lease_ms);
+            tx.emit(&Rec::Claim {
+                scope,
+                id,
+                claim,
+                visible_at,
+            })?;
+            Ok(Some(Claim {
+                id: claim,
+                value,
+                attempt: item.attempts.saturating_add(1),
+            }))
+        })
+    }
+
+    fn queue_ack(&self, scope: &[u8], claim_id: i64) -> Result<bool> {
+        self.write(|tx| {
+            tx.with_live_claim(scope, claim_id, |tx, id| {
+                tx.emit(&Rec::Remove { scope, id })
+            })
+        })
+    }
+
+    fn queue_release(&self, scope: &[u8], claim_id: i64) -> Result<bool> {
+        self.write(|tx| {
+            tx.with_live_claim(scope, claim_id, |tx, id| {
+                tx.emit(&Rec::Release { scope, id })
+            })
+        })
+    }
+
+    fn queue_extend(&self, scope: &[u8], claim_id: i64, lease: Duration) -> Result<bool> {
+        let lease_ms = check_lease(lease)?;
+        self.write(|tx| {
+            let visible_at = tx.now.saturating_add(lease_ms);
+            tx.with_live_claim(scope, claim_id, |tx, id| {
+                tx.emit(&Rec::Extend {
+                    scope,
+                    id,
+                    visible_at,
+                })
+            })
+        })
+    }
+
+    fn queue_dead_letters(&self, scope: &[u8], limit: u64) -> Result<Vec<DeadLetter>> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        self.read(|r| {
+            let Some(s) = r.scope(scope) else {
+                return Ok(Vec::new());
+            };
+            s.dead
+                .iter()
+                .take(limit)
+                .map(|d| {
+                    Ok(DeadLetter {
+                        value: r.value(d.value)?,
+                        attempts: d.attempts,
+                        dead_at_ms: d.at,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn clear(&self, scope: &[u8]) -> Result<()> {
+        self.write(|tx| {
+            if tx.scope(scope).is_some() {
+                tx.emit(&Rec::Clear { scope })?;
+            }
+            Ok(())
+        })
+    }
+
+    fn gc_prefix(&self, scope_prefix: &[u8], ttl: Duration) -> Result<u64> {
+        self.write(|tx| {
+            let cutoff = tx.now.saturating_sub(millis(ttl));
+            let doomed: Vec<Vec<u8>> = tx
+                .index()
+                .scopes
+                .iter()
+                .filter(|(name, s)| name.starts_with(scope_prefix) && s.touched_ms < cutoff)
+                .map(|(name, _)| name.clone())
+                .collect();
+            for scope in &doomed {
+                tx.emit(&Rec::Clear { scope })?;
+            }
+            Ok(doomed.len() as u64)
+        })
+    }
+
+    fn apply_once(
+        &self,
+        key: &[u8],
+        fingerprint: &[u8],
+        apply: &mut dyn FnMut(&dyn FunctionStorage) -> Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        self.transact(Some((key, fingerprint)), apply)
+    }
+
+    fn apply_atomically(
+        &self,
+        apply: &mut dyn FnMut(&dyn FunctionStorage) -> Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        self.transact(None, apply)
+    }
+
+    fn expire_once_keys(&self, age: Duration) -> Result<u64> {
+        self.write(|tx| {
+            let cutoff = tx.now.saturating_sub(millis(age));
+            let expired = tx.index().once.values().filter(|r| r.at < cutoff).count() as u64;
+            if expired > 0 {
+                tx.emit(&Rec::ExpireOnce { cutoff })?;
+            }
+            Ok(expired)
+        })
+    }
+
+    fn stat(&self) -> Result<StoreStats> {
+        self.read(|r| {
+            let mut stats = StoreStats {
+                backend: "fs".into(),
+                location: self.location.clone(),
+                max_attempts: self.options.max_attempts,
+                max_value_bytes: self.options.max_value_bytes as u64,
+                scopes: r.index.scopes.len() as u64,
+                bytes_on_disk: Some(r.eng.bytes_on_disk()),
+                ..StoreStats::default()
+            };
+            for s in r.index.scopes.values() {
+                stats.state_entries += s.state.values().map(|m| m.len() as u64).sum::<u64>();
+                stats.log_entries += s.logs.values().map(|l| l.len() as u64).sum::<u64>();
+                stats.counters += s.counters.len() as u64;
+                stats.queue_items += s.queue.len() as u64;
+                stats.dead_letters += s.dead.len() as u64;
+            }
+            Ok(stats)
+        })
+    }
+}
