@@ -71,6 +71,20 @@ pub trait Store: Send + Sync {
     /// processes must hold the exclusive lock (the end is read, then written).
     fn append(&self, data: &[u8]) -> io::Result<u64>;
 
+    /// Appends `data` at `end`, which the caller knows to be the image's end (it holds the
+    /// exclusive lock and has just read the length): the hot path of a writer, so a real file
+    /// writes without asking its length again. A failed write leaves no bytes behind where
+    /// the store can undo them.
+    fn append_at(&self, data: &[u8], end: u64) -> io::Result<()> {
+        let at = self.append(data)?;
+        if at != end {
+            return Err(io::Error::other(format!(
+                "appended at {at}, not at {end} where the caller believed the image ended"
+            )));
+        }
+        Ok(())
+    }
+
     /// Cuts the image to `len` bytes (≤ the length).
     fn truncate(&self, len: u64) -> io::Result<()>;
 
@@ -201,6 +215,14 @@ impl Store for FileStore {
             return Err(e);
         }
         Ok(at)
+    }
+
+    fn append_at(&self, data: &[u8], end: u64) -> io::Result<()> {
+        if let Err(e) = self.file.write_all_at(data, end) {
+            let _ = self.file.set_len(end);
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn truncate(&self, len: u64) -> io::Result<()> {
@@ -547,6 +569,12 @@ impl<S: Store> Store for FaultyStore<S> {
         self.write_with(data, |d| inner.append(d))
     }
 
+    fn append_at(&self, data: &[u8], end: u64) -> io::Result<()> {
+        let inner = &self.inner;
+        self.write_with(data, |d| inner.append_at(d, end).map(|()| end))
+            .map(drop)
+    }
+
     fn truncate(&self, len: u64) -> io::Result<()> {
         match self.strike()? {
             None => self.inner.truncate(len),
@@ -588,6 +616,10 @@ impl<S: Store + ?Sized> Store for &S {
         (**self).append(data)
     }
 
+    fn append_at(&self, data: &[u8], end: u64) -> io::Result<()> {
+        (**self).append_at(data, end)
+    }
+
     fn truncate(&self, len: u64) -> io::Result<()> {
         (**self).truncate(len)
     }
@@ -621,6 +653,10 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 
     fn append(&self, data: &[u8]) -> io::Result<u64> {
         (**self).append(data)
+    }
+
+    fn append_at(&self, data: &[u8], end: u64) -> io::Result<()> {
+        (**self).append_at(data, end)
     }
 
     fn truncate(&self, len: u64) -> io::Result<()> {

@@ -86,10 +86,13 @@ mod libc_consts {
     pub const EDQUOT: i32 = 122;
 }
 
-/// A transaction in progress: the records decided so far, folded into a copy of the index.
+/// A transaction in progress: the records decided so far. A single operation decides them
+/// from the live index and they are folded into it in place once the frame is written; an
+/// `apply_once` folds each one into a copy (`working`, O(1) to take with persistent maps) so
+/// its later operations see the earlier ones, and drops the copy to roll back.
 #[derive(Debug)]
 pub(crate) struct Txn {
-    pub working: Index,
+    pub working: Option<Index>,
     pub enc: Encoder,
     /// Where the payload will land in the active segment, so values folded now point at
     /// the place they will have on disk.
@@ -127,6 +130,8 @@ pub(crate) struct Engine<D: Dir> {
     sealed_bytes: u64,
     pub txn: Option<Txn>,
     tuning: FsTuning,
+    /// The index may be half-folded (a failure while catching up): rebuild it before use.
+    poisoned: bool,
 }
 
 impl<D: Dir> Engine<D> {
@@ -148,7 +153,7 @@ impl<D: Dir> Engine<D> {
                 .map_err(|e| io_error("opening the lock file", &dir.describe(LOCK_NAME), e))?
                 .ok_or_else(|| Error::config("the lock file vanished while it was created"))?,
         );
-        let _held = lock_exclusive(&*lock, busy_timeout, &dir.describe(LOCK_NAME))?;
+        let _held = lock_exclusive(&*lock, busy_timeout, || dir.describe(LOCK_NAME))?;
         check_format(&dir)?;
         let base = read_current(&dir)?;
         let placeholder = Arc::new(
@@ -170,6 +175,7 @@ impl<D: Dir> Engine<D> {
             sealed_bytes: 0,
             txn: None,
             tuning,
+            poisoned: false,
         };
         engine.load(base, true)?;
         engine.remove_strays()?;
@@ -240,7 +246,7 @@ impl<D: Dir> Engine<D> {
             }
         };
         self.attach(file, first, name);
-        Ok(self.catch_up(writer))
+        Ok(self.catch_up_frames(writer))
     }
 
     fn add_file(&mut self, file: Arc<D::File>, name: String) -> u32 {
@@ -298,6 +304,19 @@ impl<D: Dir> Engine<D> {
     /// Folds the frames appended since this process last looked, following seals into the
     /// next segment; a `writer` (holding the exclusive lock) cuts a torn tail.
     pub fn catch_up(&mut self, writer: bool) -> Result<()> {
+        let outcome = if self.poisoned {
+            self.poisoned = false;
+            read_current(&self.dir).and_then(|base| self.load(base, writer))
+        } else {
+            self.catch_up_frames(writer)
+        };
+        // A failure between or inside frames may leave the index half-way: the next
+        // operation rebuilds it from the files.
+        self.poisoned |= outcome.is_err();
+        outcome
+    }
+
+    fn catch_up_frames(&mut self, writer: bool) -> Result<()> {
         loop {
             if !self.sealed {
                 let found = self
@@ -318,15 +337,16 @@ impl<D: Dir> Engine<D> {
                             e,
                         )
                     })?;
-                    // Folded into a copy so that a frame applies whole or not at all.
-                    let mut next = self.index.clone();
-                    let (seal, _) =
-                        fold_payload(&mut next, &payload, self.active_id, frame.payload_offset())
-                            .map_err(|detail| Error::Corrupt {
-                            path: self.dir.describe(&self.active_name),
-                            detail: format!("frame at offset {}: {detail}", frame.offset),
-                        })?;
-                    self.index = next;
+                    let (seal, _) = fold_payload(
+                        &mut self.index,
+                        &payload,
+                        self.active_id,
+                        frame.payload_offset(),
+                    )
+                    .map_err(|detail| Error::Corrupt {
+                        path: self.dir.describe(&self.active_name),
+                        detail: format!("frame at offset {}: {detail}", frame.offset),
+                    })?;
                     self.sealed = seal;
                 }
                 if !self.sealed {
@@ -366,7 +386,7 @@ impl<D: Dir> Engine<D> {
     /// Starts a transaction (the caller holds the exclusive lock and caught up).
     pub fn begin(&mut self, held: Option<StoreLock>) {
         self.txn = Some(Txn {
-            working: self.index.clone(),
+            working: held.is_some().then(|| self.index.clone()),
             enc: Encoder::default(),
             payload_at: self.active.end() + silo_engine::frame::HEADER as u64,
             file: self.active_id,
@@ -390,7 +410,8 @@ impl<D: Dir> Engine<D> {
                 txn.enc.buf.len()
             )));
         }
-        let frame = self.active.append(&txn.enc.buf).map_err(|e| {
+        // Under the exclusive lock, caught up since it was taken (`FsStore::write`).
+        let frame = self.active.append_caught_up(&txn.enc.buf).map_err(|e| {
             io_error(
                 "appending to the log",
                 &self.dir.describe(&self.active_name),
@@ -409,7 +430,20 @@ impl<D: Dir> Engine<D> {
                 ),
             });
         }
-        self.index = txn.working;
+        match txn.working {
+            Some(working) => self.index = working,
+            None => {
+                if let Err(detail) =
+                    fold_payload(&mut self.index, &txn.enc.buf, txn.file, txn.payload_at)
+                {
+                    self.poisoned = true;
+                    return Err(Error::Backend {
+                        backend: "fs".into(),
+                        message: format!("a committed frame did not apply ({detail}; a silo bug)"),
+                    });
+                }
+            }
+        }
         let file = self.active.store().clone();
         Ok(Some(Committed {
             file,
@@ -524,7 +558,7 @@ impl<D: Dir> Engine<D> {
 
     /// Takes the writers' lock, waiting up to `timeout`.
     pub fn lock_exclusive(&self, timeout: Duration) -> Result<StoreLock> {
-        lock_exclusive(&*self.lock, timeout, &self.dir.describe(LOCK_NAME))
+        lock_exclusive(&*self.lock, timeout, || self.dir.describe(LOCK_NAME))
     }
 
     /// A value's bytes, from the pending transaction or from its file.
@@ -746,8 +780,12 @@ fn log_error(e: LogError, where_: &str) -> Error {
     }
 }
 
-fn lock_exclusive<S: Store>(lock: &S, timeout: Duration, where_: &str) -> Result<StoreLock> {
-    let io = |e| io_error("taking the store lock", where_, e);
+fn lock_exclusive<S: Store>(
+    lock: &S,
+    timeout: Duration,
+    where_: impl Fn() -> String,
+) -> Result<StoreLock> {
+    let io = |e| io_error("taking the store lock", &where_(), e);
     if let Some(held) = lock.try_lock(LockMode::Exclusive).map_err(io)? {
         return Ok(held);
     }
@@ -765,8 +803,9 @@ fn lock_exclusive<S: Store>(lock: &S, timeout: Duration, where_: &str) -> Result
         if Instant::now() >= deadline {
             return Err(Error::Unavailable {
                 message: format!(
-                    "another process held the store lock {where_} for longer than {timeout:?} \
-                     (busy_timeout_ms)"
+                    "another process held the store lock {} for longer than {timeout:?} \
+                     (busy_timeout_ms)",
+                    where_()
                 ),
             });
         }

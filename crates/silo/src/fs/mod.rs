@@ -98,7 +98,11 @@ impl<D: Dir> FsStore<D> {
             eng.catch_up(false)?;
         }
         let eng = &*eng;
-        let index = eng.txn.as_ref().map_or(&eng.index, |t| &t.working);
+        let index = eng
+            .txn
+            .as_ref()
+            .and_then(|t| t.working.as_ref())
+            .unwrap_or(&eng.index);
         f(&Reader { eng, index })
     }
 
@@ -237,7 +241,11 @@ fn run_tx<D: Dir, T>(
     f: impl FnOnce(&mut Tx<'_, D>) -> Result<T>,
 ) -> Result<T> {
     let Engine {
-        txn, files, dir, ..
+        txn,
+        files,
+        dir,
+        index,
+        ..
     } = eng;
     let Some(txn) = txn.as_mut() else {
         return Err(Error::Backend {
@@ -247,6 +255,7 @@ fn run_tx<D: Dir, T>(
     };
     f(&mut Tx {
         txn,
+        live: index,
         files,
         dir,
         now: options.clock.now_ms(),
@@ -273,6 +282,8 @@ impl<D: Dir> Reader<'_, D> {
 /// A write in progress: reads the transaction's index, emits records into its frame.
 struct Tx<'a, D: Dir> {
     txn: &'a mut engine::Txn,
+    /// The index as committed; a single operation decides from it (see [`engine::Txn`]).
+    live: &'a Index,
     files: &'a [engine::OpenFile<D::File>],
     dir: &'a D,
     now: i64,
@@ -281,26 +292,30 @@ struct Tx<'a, D: Dir> {
 
 impl<D: Dir> Tx<'_, D> {
     fn index(&self) -> &Index {
-        &self.txn.working
+        self.txn.working.as_ref().unwrap_or(self.live)
     }
 
     fn scope(&self, scope: &[u8]) -> Option<&Scope> {
-        self.txn.working.scopes.get(scope)
+        self.index().scopes.get(scope)
     }
 
     fn value(&self, r: ValRef) -> Result<Vec<u8>> {
         load_value(self.files, Some(self.txn), r, self.dir)
     }
 
-    /// Adds a record to the frame and folds it into the transaction's index.
+    /// Adds a record to the frame; inside `apply_once` also folds it into the transaction's
+    /// index. An operation therefore decides all its records from the state before it.
     fn emit(&mut self, rec: &Rec<'_, &[u8]>) -> Result<()> {
         let txn = &mut *self.txn;
         let start = txn.enc.buf.len();
         txn.enc.push(rec);
+        let Some(working) = txn.working.as_mut() else {
+            return Ok(());
+        };
         let (file, base) = (txn.file, txn.payload_at + start as u64);
         let mut decoder = record::Decoder::new(&txn.enc.buf[start..]);
         let folded = match decoder.next_record() {
-            Ok(Some(rec)) => txn.working.fold(&rec, |s| ValRef {
+            Ok(Some(rec)) => working.fold(&rec, |s| ValRef {
                 file,
                 offset: base + s.pos as u64,
                 len: s.len as u32,
@@ -488,19 +503,12 @@ impl<D: Dir> FunctionStorage for FsStore<D> {
                     return Ok(map.len() as u64);
                 }
             };
-            let mut removed = 0;
+            // A key listed twice is removed (and counted) once.
+            let doomed: std::collections::BTreeSet<Vec<u8>> = doomed.into_iter().collect();
             for key in &doomed {
-                // A key listed twice is removed (and counted) once.
-                if tx
-                    .scope(scope)
-                    .and_then(|s| s.state.get(ns))
-                    .is_some_and(|m| m.contains_key(key))
-                {
-                    tx.emit(&Rec::Del { scope, ns, key })?;
-                    removed += 1;
-                }
+                tx.emit(&Rec::Del { scope, ns, key })?;
             }
-            Ok(removed)
+            Ok(doomed.len() as u64)
         })
     }
 
@@ -638,8 +646,8 @@ impl<D: Dir> FunctionStorage for FsStore<D> {
         }
         self.write(|tx| {
             tx.touch(scope)?;
-            for value in items {
-                let id = tx.index().seq.last_item_id + 1;
+            let last = tx.index().seq.last_item_id;
+            for (id, value) in (last + 1..).zip(items) {
                 tx.emit(&Rec::Item {
                     scope,
                     id,
