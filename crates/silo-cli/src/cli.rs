@@ -11,7 +11,8 @@ A value argument may also be `-` (read stdin to the end) or `@PATH` (read a file
 The store is --store URL, else SILO_STORAGE_URL, else the VGI variables
 (VGI_WORKER_SHARED_STORAGE, VGI_STORAGE_URL, VGI_STORAGE_DB), else the default
 SQLite file $XDG_STATE_HOME/silo/state.db (~/.local/state/silo/state.db).
-URLs: memory:, sqlite:///abs/path.db[?sync=full&max_attempts=N&...]
+URLs: memory:, sqlite:///abs/path.db[?sync=full&max_attempts=N&...],
+fs:///abs/dir[?sync=full&segment_bytes=N&...], http://host:port
 
 Exit status: 0 success; 1 nothing found (missing key, empty queue, lost lease);
 2 bad command line or input; 3 the store reported an error.";
@@ -20,7 +21,7 @@ Exit status: 0 success; 1 nothing found (missing key, empty queue, lost lease);
 #[derive(Debug, Parser)]
 #[command(name = "silo", version, after_help = AFTER_HELP)]
 pub struct Cli {
-    /// Store URL (memory:, sqlite:///abs/file.db).
+    /// Store URL (memory:, sqlite:///abs/file.db, fs:///abs/dir, http://host:port).
     #[arg(long, global = true, value_name = "URL")]
     pub store: Option<String>,
 

@@ -193,6 +193,39 @@ fn errors_are_one_clear_line_with_documented_codes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt store"));
 }
 
+/// An `fs:` store through the binary: every call is its own process, so each one reopens the
+/// directory and finds what the last one wrote; a directory that is not a store is refused.
+#[test]
+fn fs_store_across_invocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Env {
+        url: format!("fs://{}/store", dir.path().display()),
+        _dir: dir,
+    };
+    ok(silo(&e, &["kv", "put", "q1", "k", "v1"]));
+    ok(silo(&e, &["queue", "push", "jobs", "a", "b"]));
+    assert_eq!(ok(silo(&e, &["kv", "get", "q1", "k"])), "v1\n");
+    assert_eq!(ok(silo(&e, &["queue", "pop", "jobs"])), "a\n");
+    assert_eq!(ok(silo(&e, &["queue", "pop", "jobs"])), "b\n");
+    assert_eq!(code(&silo(&e, &["queue", "pop", "jobs"])), 1);
+    assert!(ok(silo(&e, &["stat"])).contains("fs"));
+
+    let foreign = e._dir.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), b"mine").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_silo"))
+        .args(["--store", &format!("fs://{}", foreign.display()), "stat"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a silo fs: store"));
+    assert_eq!(
+        std::fs::read_dir(&foreign).unwrap().count(),
+        1,
+        "nothing written into a foreign directory"
+    );
+}
+
 #[test]
 fn every_subcommand_has_help() {
     let e = env();

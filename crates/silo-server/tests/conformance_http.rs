@@ -1,5 +1,5 @@
 //! The conformance kit and the cross-process scenarios over `http://`, against a real server
-//! on a SQLite store.
+//! on a SQLite store (and the kit again on an `fs:` store).
 
 mod common;
 
@@ -7,6 +7,13 @@ use common::HttpStore;
 use silo::conformance::processes;
 
 silo::conformance_tests!(HttpStore::new("max_value_bytes=68157440"));
+
+/// Every check through a server on an `fs:` store: each write arrives keyed, so this runs
+/// `apply_once` on the engine for every operation.
+mod on_fs {
+    use super::HttpStore;
+    silo::conformance_tests!(HttpStore::fs("max_value_bytes=68157440"));
+}
 
 /// Every check through two tenants of one server, one after the other: the second tenant's
 /// run passes only if nothing of the first's leaked through the server's tenant fence.

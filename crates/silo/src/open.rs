@@ -318,6 +318,12 @@ mod tests {
             sqlite_path(&Url::parse(&odd.url).unwrap()).unwrap(),
             PathBuf::from("/tmp/a%41?b#c.db")
         );
+        assert_eq!(
+            env(&[("VGI_WORKER_SHARED_STORAGE", "fs")]).unwrap().url,
+            "fs:"
+        );
+        let fs_dir = default_fs_path().unwrap();
+        assert!(fs_dir.ends_with("silo/fs"), "{}", fs_dir.display());
         let default = env(&[("HOME", "/home/u")]);
         // HOME comes from the real environment in `default_url`, so only the scheme is fixed here.
         assert!(default.unwrap().url.starts_with("sqlite:///"));

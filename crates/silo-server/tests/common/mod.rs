@@ -36,7 +36,20 @@ pub struct HttpStore {
 
 impl HttpStore {
     pub fn new(query: &str) -> HttpStore {
-        let (dir, store_url) = sqlite_url(query);
+        Self::on(sqlite_url(query))
+    }
+
+    /// A server over a fresh `fs:` store and an http client of it.
+    pub fn fs(query: &str) -> HttpStore {
+        let dir = tempfile::tempdir().unwrap();
+        let mut url = format!("fs://{}/store", dir.path().display());
+        if !query.is_empty() {
+            url = format!("{url}?{query}");
+        }
+        Self::on((dir, url))
+    }
+
+    fn on((dir, store_url): (tempfile::TempDir, String)) -> HttpStore {
         let server = start(Config::new(silo::open(&store_url).unwrap()));
         let client = Arc::new(HttpStorage::new(&server.url(), HttpOptions::default()).unwrap());
         HttpStore {
