@@ -89,6 +89,8 @@ pub struct Recovery {
     pub frames: Vec<FrameRef>,
     /// Bytes of torn tail cut off.
     pub cut_bytes: u64,
+    /// Bytes past the last whole frame that were left in place (a reader does not cut).
+    pub torn_bytes: u64,
 }
 
 /// An open frame log.
@@ -219,7 +221,11 @@ impl<S: Store> FrameLog<S> {
         }
         self.end = offset;
         self.next_number = expected;
-        Ok(Recovery { frames, cut_bytes })
+        Ok(Recovery {
+            frames,
+            cut_bytes,
+            torn_bytes: torn - cut_bytes,
+        })
     }
 
     /// Appends one frame; returns it. The caller holds the store's exclusive lock and has
@@ -259,7 +265,12 @@ impl<S: Store> FrameLog<S> {
     /// [`append`](Self::append) makes would be a wasted system call.
     pub fn append_caught_up(&mut self, payload: &[u8]) -> io::Result<FrameRef> {
         let bytes = encode(self.next_number, payload)?;
-        self.store.append_at(&bytes, self.end)?;
+        if let Err(e) = self.store.append_at(&bytes, self.end) {
+            // Whatever part of the frame reached the image must not be read as a frame later:
+            // the caller reports this write as failed.
+            let _ = self.store.truncate(self.end);
+            return Err(e);
+        }
         let frame = FrameRef {
             number: self.next_number,
             offset: self.end,

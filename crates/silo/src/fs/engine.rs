@@ -108,6 +108,8 @@ pub(crate) type OpenFile<F> = Option<(Arc<F>, String)>;
 /// What a committed write leaves to do after the locks are released.
 pub(crate) struct Committed<F> {
     pub file: Arc<F>,
+    /// The segment's first frame number: unique in the store's history, unlike an address.
+    pub segment: u64,
     pub end: u64,
 }
 
@@ -141,7 +143,13 @@ impl<D: Dir> Engine<D> {
             .list()
             .map_err(|e| io_error("listing the store directory", &dir.describe(""), e))?;
         let has_format = names.iter().any(|n| n == FORMAT_NAME);
-        if !has_format && names.iter().any(|n| n != LOCK_NAME && !n.starts_with('.')) {
+        // `FORMAT.tmp` is what a creation interrupted before its rename leaves behind.
+        let format_tmp = format!("{FORMAT_NAME}.tmp");
+        if !has_format
+            && names
+                .iter()
+                .any(|n| n != LOCK_NAME && *n != format_tmp && !n.starts_with('.'))
+        {
             return Err(Error::config(format!(
                 "{} is not empty and is not a silo fs: store (no {FORMAT_NAME} file); use an \
                  empty or new directory",
@@ -319,10 +327,18 @@ impl<D: Dir> Engine<D> {
     fn catch_up_frames(&mut self, writer: bool) -> Result<()> {
         loop {
             if !self.sealed {
-                let found = self
+                let mut found = self
                     .active
-                    .catch_up(writer)
+                    .catch_up(false)
                     .map_err(|e| log_error(e, &self.dir.describe(&self.active_name)))?;
+                if writer && found.torn_bytes > 0 {
+                    self.check_cut_is_a_torn_write()?;
+                    let cut = self
+                        .active
+                        .catch_up(true)
+                        .map_err(|e| log_error(e, &self.dir.describe(&self.active_name)))?;
+                    found.frames.extend(cut.frames);
+                }
                 for frame in &found.frames {
                     if self.sealed {
                         return Err(Error::Corrupt {
@@ -381,6 +397,36 @@ impl<D: Dir> Engine<D> {
             self.sealed_bytes += self.active.end();
             self.attach(file, next, name);
         }
+    }
+
+    /// Before a writer cuts the damaged end of the active segment as a torn write: a torn
+    /// write is the last thing anyone wrote, so a segment after this one with frames in it
+    /// means the damaged bytes were a seal, and cutting would drop that segment.
+    fn check_cut_is_a_torn_write(&self) -> Result<()> {
+        // A seal in the damaged frame would lead to the segment after its number.
+        let name = segment_name(self.active.next_number() + 1);
+        let where_ = self.dir.describe(&name);
+        let next = self
+            .dir
+            .open(&name, false)
+            .map_err(|e| io_error("opening a segment", &where_, e))?;
+        let len = match next {
+            Some(file) => file
+                .len()
+                .map_err(|e| io_error("reading a segment", &where_, e))?,
+            None => 0,
+        };
+        if len > 0 {
+            return Err(Error::Corrupt {
+                path: self.dir.describe(&self.active_name),
+                detail: format!(
+                    "the last frame, at offset {}, is damaged but {name} holds frames after it: \
+                     its seal was damaged on the medium, not torn by a crash",
+                    self.active.end()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Starts a transaction (the caller holds the exclusive lock and caught up).
@@ -447,6 +493,7 @@ impl<D: Dir> Engine<D> {
         let file = self.active.store().clone();
         Ok(Some(Committed {
             file,
+            segment: self.active_first(),
             end: frame.end(),
         }))
     }
@@ -469,6 +516,14 @@ impl<D: Dir> Engine<D> {
     /// seal is synced before any frame lands in the next file, so no stale frame is ever
     /// read as part of the chain.
     fn seal(&mut self) -> Result<()> {
+        let outcome = self.seal_segment();
+        // A seal that was appended but not synced, or a next segment not attached: the files
+        // are right, this process's view may not be; rebuild it from them.
+        self.poisoned |= outcome.is_err();
+        outcome
+    }
+
+    fn seal_segment(&mut self) -> Result<()> {
         let seal_number = self.active.next_number();
         let next = seal_number + 1;
         let name = segment_name(next);
@@ -501,6 +556,12 @@ impl<D: Dir> Engine<D> {
     /// removes what it replaced. Crash-safe at every step: until `CURRENT` is renamed the old
     /// chain is whole and named; after, the new one is.
     pub fn compact(&mut self) -> Result<()> {
+        let outcome = self.compact_now();
+        self.poisoned |= outcome.is_err();
+        outcome
+    }
+
+    fn compact_now(&mut self) -> Result<()> {
         self.seal()?;
         let through = self.active.next_number() - 1;
         let name = base_name(through);
@@ -564,6 +625,11 @@ impl<D: Dir> Engine<D> {
     /// A value's bytes, from the pending transaction or from its file.
     pub fn load_value(&self, r: ValRef) -> Result<Vec<u8>> {
         load_value(&self.files, self.txn.as_ref(), r, &self.dir)
+    }
+
+    /// The active segment's first frame number.
+    fn active_first(&self) -> u64 {
+        parse_numbered(&self.active_name, "seg-").unwrap_or(0)
     }
 
     /// Bytes of every file the chain uses.

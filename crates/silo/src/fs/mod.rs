@@ -10,7 +10,6 @@ mod record;
 
 use std::cell::RefCell;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, ReentrantMutex};
@@ -37,7 +36,7 @@ pub struct FsStore<D: Dir = FileDir> {
     engine: ReentrantMutex<RefCell<Engine<D>>>,
     /// The last (file, end) made durable, and the lock one fsync at a time runs under, so
     /// writers that waited for it find their frame already synced (group commit).
-    synced: Mutex<(usize, u64)>,
+    synced: Mutex<(u64, u64)>,
 }
 
 /// The `fs:` store on a real directory.
@@ -137,9 +136,7 @@ impl<D: Dir> FsStore<D> {
         if let Some(c) = committed {
             self.make_durable(c)?;
         }
-        // A failed seal or compaction leaves the committed write intact and is retried by
-        // the next write; the caller still hears about it.
-        maintained?;
+        report_maintenance(maintained);
         Ok(value)
     }
 
@@ -149,9 +146,8 @@ impl<D: Dir> FsStore<D> {
         if self.options.sync != SyncMode::Full {
             return Ok(());
         }
-        let key = Arc::as_ptr(&c.file) as *const () as usize;
         let mut synced = self.synced.lock();
-        if synced.0 == key && synced.1 >= c.end {
+        if synced.0 == c.segment && synced.1 >= c.end {
             return Ok(());
         }
         // Read the end before syncing: everything appended up to it is covered.
@@ -159,7 +155,7 @@ impl<D: Dir> FsStore<D> {
         c.file
             .sync()
             .map_err(|e| engine::io_error("syncing a commit", &self.location, e))?;
-        *synced = (key, end.max(c.end));
+        *synced = (c.segment, end.max(c.end));
         Ok(())
     }
 
@@ -223,8 +219,17 @@ impl<D: Dir> FsStore<D> {
         if let Some(c) = committed? {
             self.make_durable(c)?;
         }
-        maintained?;
+        report_maintenance(maintained);
         Ok(reply)
+    }
+}
+
+/// A seal or compaction after a committed write failed: the write stands (reporting it as
+/// failed would tell a popper its item is still queued); the store retries at the next write
+/// and rebuilds this process's view from the files first.
+fn report_maintenance(outcome: Result<()>) {
+    if let Err(e) = outcome {
+        tracing::warn!(error = %e, "fs: sealing or compacting after a write failed; retried later");
     }
 }
 
