@@ -4,7 +4,12 @@
 //! chart of the ratios.
 //!
 //! `cargo run --release --manifest-path compat/Cargo.toml --bin silo-bench -- [--quick]
-//!  [--reps N] [--out BENCHMARKS.md] [--svg benchmarks.svg]`
+//!  [--reps N] [--only PART] [--out BENCHMARKS.md] [--svg benchmarks.svg]`
+//!
+//! `--only` runs one part: `memory`, `sqlite`, `http`, `vgi-fs` (the incumbent's own fs
+//! backend, no silo side), `processes` (both backends), `clients`, or `fs` — everything about
+//! silo's `fs:` backend: the "fs vs vgi sqlite" group, its processes rows, the 1k-vs-20k-entries
+//! section and the `sync=full` section (those two alone: `scale`, `sync`).
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -140,6 +145,10 @@ impl Family {
 }
 
 const BATCH: usize = 1000;
+
+/// The group of silo's `fs:` backend; its vgi column is the incumbent's SQLite store, which
+/// issue 8's targets are ratios against.
+const FS_GROUP: &str = "fs vs vgi sqlite";
 
 /// A self-checking value for `(thread, seq)` of `size` bytes (at least 16).
 fn value(thread: usize, seq: usize, size: usize) -> Vec<u8> {
@@ -463,6 +472,8 @@ type Latencies = Vec<(String, Vec<Duration>, Vec<Duration>)>;
 /// operations one run does at 100 B and at 64 KiB.
 struct Group<'a> {
     name: &'a str,
+    /// What `--only` selects it by.
+    key: &'a str,
     silo: Option<&'a dyn Subject>,
     vgi: Option<&'a dyn Subject>,
     n_small: usize,
@@ -521,24 +532,17 @@ struct Measured {
 
 // ------------------------------------------------------------------ processes
 
-/// Worker mode: `silo-bench --worker ROLE IMPL PATH COUNT`; prints `ready`, waits for a line
-/// on stdin, works, prints its results.
+/// Worker mode: `silo-bench --worker ROLE IMPL TARGET COUNT`, IMPL `silo` (TARGET a store
+/// URL) or `vgi` (TARGET the file of a vgi SQLite store); prints `ready`, waits for a line on
+/// stdin, works, prints its results.
 fn worker(args: &[String]) {
-    let (role, imp, path, count) = (
+    let (role, imp, target, count) = (
         &args[0],
         &args[1],
         &args[2],
         args[3].parse::<usize>().expect("count"),
     );
-    let sub: Box<dyn Subject> = if imp == "silo" {
-        Box::new(Silo(
-            silo::open(&format!("sqlite://{path}")).expect("open silo"),
-        ))
-    } else {
-        Box::new(Vgi(Arc::new(vgi::storage::SqliteStorage::open(
-            path.into(),
-        ))))
-    };
+    let sub = open_subject(imp, target);
     let mut out = std::io::stdout().lock();
     writeln!(out, "ready").expect("stdout");
     out.flush().expect("stdout");
@@ -565,20 +569,29 @@ fn worker(args: &[String]) {
     }
 }
 
-/// 4 processes popping one queue (or appending to one log) of a SQLite store: ops/s over the
-/// time from "go" to the last exit, and a check that every item was seen exactly once.
-fn processes(imp: &str, role: &str, total: usize) -> (f64, Result<(), String>) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("mp.db").display().to_string();
-    let sub: Box<dyn Subject> = if imp == "silo" {
-        Box::new(Silo(
-            silo::open(&format!("sqlite://{path}")).expect("open silo"),
-        ))
+/// A handle on a processes run's store: silo at the store URL `target`, or the incumbent's
+/// SQLite store in the file `target`.
+fn open_subject(imp: &str, target: &str) -> Box<dyn Subject> {
+    if imp == "silo" {
+        Box::new(Silo(silo::open(target).expect("open silo")))
     } else {
         Box::new(Vgi(Arc::new(vgi::storage::SqliteStorage::open(
-            path.clone().into(),
+            target.into(),
         ))))
+    }
+}
+
+/// 4 processes popping one queue (or appending to one log) of a fresh store — silo's
+/// `backend` (`sqlite` or `fs`), or vgi's SQLite: ops/s over the time from "go" to the last
+/// exit, and a check that every item was seen exactly once.
+fn processes(imp: &str, backend: &str, role: &str, total: usize) -> (f64, Result<(), String>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = match (imp, backend) {
+        ("silo", "fs") => format!("fs://{}", dir.path().join("mp-fs").display()),
+        ("silo", _) => format!("sqlite://{}", dir.path().join("mp.db").display()),
+        _ => dir.path().join("mp.db").display().to_string(),
     };
+    let sub = open_subject(imp, &target);
     if role == "pop" {
         let items: Vec<_> = (0..total).map(|i| value(0, i, 100)).collect();
         items.chunks(BATCH).for_each(|c| sub.push(b"mp", c));
@@ -587,7 +600,7 @@ fn processes(imp: &str, role: &str, total: usize) -> (f64, Result<(), String>) {
     let mut children: Vec<_> = (0..4)
         .map(|_| {
             Command::new(&exe)
-                .args(["--worker", role, imp, &path, &(total / 4).to_string()])
+                .args(["--worker", role, imp, &target, &(total / 4).to_string()])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -638,6 +651,406 @@ fn processes(imp: &str, role: &str, total: usize) -> (f64, Result<(), String>) {
     (total as f64 / elapsed.as_secs_f64(), verified)
 }
 
+// ------------------------------------------------------------------ fs at 1k vs 20k entries
+
+/// How many entries the store holds in the two columns of the scale section.
+const SCALE_STORED: [usize; 2] = [1_000, 20_000];
+const SCALE_FAMILIES: [Family; 4] = [Family::KvPut, Family::KvGet, Family::Append, Family::Pop];
+
+/// Operations per timed window of the scale section: more where they leave the size alone.
+fn scale_ops(f: Family) -> usize {
+    match f {
+        Family::KvGet => 5_000,
+        Family::KvPut => 2_000,
+        _ => 1_000,
+    }
+}
+
+/// One operation's rates on a store holding 1k and 20k entries, for silo fs and vgi sqlite.
+struct ScaleRow {
+    family: Family,
+    silo: [Option<f64>; 2],
+    vgi: [Option<f64>; 2],
+    silo_ok: Result<(), String>,
+    vgi_ok: Result<(), String>,
+}
+
+impl ScaleRow {
+    /// Per-op cost at 20k entries over the cost at 1k (1.0 = no slower).
+    fn cost(rates: [Option<f64>; 2]) -> Option<f64> {
+        Some(rates[0]? / rates[1]?)
+    }
+}
+
+/// Runs each of [`SCALE_FAMILIES`] on a fresh silo fs store and a fresh vgi SQLite store per
+/// size, the four alternated every repetition so that drift hits both sizes alike.
+fn scale_section(reps: usize, dir: &std::path::Path) -> Vec<ScaleRow> {
+    let mut subjects: Vec<(Box<dyn Subject>, usize)> = Vec::new();
+    for stored in SCALE_STORED {
+        let url = format!(
+            "fs://{}",
+            dir.join(format!("scale-silo-{stored}")).display()
+        );
+        subjects.push((Box::new(Silo(silo::open(&url).expect("fs"))), stored));
+        let path = dir.join(format!("scale-vgi-{stored}.db"));
+        subjects.push((
+            Box::new(Vgi(Arc::new(vgi::storage::SqliteStorage::open(path)))),
+            stored,
+        ));
+    }
+    let mut rows = Vec::new();
+    for f in SCALE_FAMILIES {
+        // (subject, its prefilled kv scope, rates, verified), in the order of `subjects`:
+        // silo and vgi at each size.
+        let mut sides: Vec<_> = subjects
+            .iter()
+            .map(|(sub, stored)| {
+                let kv = ScaleKv::prepare(&**sub, f, *stored);
+                (&**sub, *stored, kv, Vec::new(), Ok(()))
+            })
+            .collect();
+        for rep in 0..reps {
+            for (sub, stored, kv, rates, ok) in &mut sides {
+                let outcome = match kv {
+                    Some(kv) => kv.window(*sub, rep),
+                    None => scale_fresh(*sub, f, *stored),
+                };
+                match outcome {
+                    Ok(rate) => rates.push(rate),
+                    Err(e) => *ok = Err(e),
+                }
+            }
+        }
+        let mut row = ScaleRow {
+            family: f,
+            silo: [None; 2],
+            vgi: [None; 2],
+            silo_ok: Ok(()),
+            vgi_ok: Ok(()),
+        };
+        for (i, (sub, _, kv, rates, mut ok)) in sides.into_iter().enumerate() {
+            if let Some(kv) = kv
+                && let Err(e) = kv.finish(sub)
+            {
+                ok = Err(e);
+            }
+            let rate = (!rates.is_empty()).then(|| median(rates));
+            let (slot, is_silo) = (i / 2, i % 2 == 0);
+            let (rates, side_ok) = if is_silo {
+                (&mut row.silo, &mut row.silo_ok)
+            } else {
+                (&mut row.vgi, &mut row.vgi_ok)
+            };
+            rates[slot] = rate;
+            if side_ok.is_ok() {
+                *side_ok = ok;
+            }
+        }
+        for (slot, stored) in SCALE_STORED.into_iter().enumerate() {
+            eprintln!(
+                "{:>14} {:>24} {stored:>6} stored  silo {:>9}  vgi {:>9}  {}",
+                "fs scale",
+                f.name(),
+                fmt_rate(row.silo[slot]),
+                fmt_rate(row.vgi[slot]),
+                verdict(&row.silo_ok, &row.vgi_ok)
+            );
+        }
+        rows.push(row);
+    }
+    rows
+}
+
+const SCALE_SIZE: usize = 100;
+
+/// kv_put and kv_get leave the number of entries alone, so one scope prefilled with `stored`
+/// entries serves every repetition: kv_put overwrites keys spread over it, kv_get reads them.
+struct ScaleKv {
+    family: Family,
+    scope: Vec<u8>,
+    stored: usize,
+    /// Which write each key last had (0 = the prefill), to check at the end.
+    last: Vec<usize>,
+}
+
+impl ScaleKv {
+    /// The prefilled scope for the kv families; `None` for the others.
+    fn prepare(sub: &dyn Subject, family: Family, stored: usize) -> Option<Self> {
+        if !matches!(family, Family::KvPut | Family::KvGet) {
+            return None;
+        }
+        let scope = fresh_scope(family);
+        let items: Vec<_> = (0..stored)
+            .map(|i| (key(0, i), value(0, i, SCALE_SIZE)))
+            .collect();
+        items.chunks(BATCH).for_each(|c| sub.put_many(&scope, c));
+        Some(ScaleKv {
+            family,
+            scope,
+            stored,
+            last: vec![0; stored],
+        })
+    }
+
+    /// The `k`th key of a window: 7919 is prime, so `stored` consecutive ones are distinct.
+    fn at(&self, k: usize) -> usize {
+        k * 7919 % self.stored
+    }
+
+    /// One timed window of repetition `rep`.
+    fn window(&mut self, sub: &dyn Subject, rep: usize) -> Result<f64, String> {
+        let (sc, m) = (self.scope.as_slice(), scale_ops(self.family));
+        let start = Instant::now();
+        if self.family == Family::KvPut {
+            for i in rep * m..(rep + 1) * m {
+                let k = self.at(i);
+                sub.kv_put(sc, &key(0, k), &value(rep + 1, k, SCALE_SIZE));
+            }
+        } else {
+            for i in rep * m..(rep + 1) * m {
+                let k = self.at(i);
+                check(
+                    sub.kv_get(sc, &key(0, k)) == Some(value(0, k, SCALE_SIZE)),
+                    || format!("kv_get {k} of {} returned the wrong value", self.stored),
+                )?;
+            }
+        }
+        let el = start.elapsed();
+        if self.family == Family::KvPut {
+            for i in rep * m..(rep + 1) * m {
+                let k = self.at(i);
+                self.last[k] = rep + 1;
+            }
+        }
+        Ok(m as f64 / el.as_secs_f64())
+    }
+
+    /// Checks every entry holds its last write, then drops the scope.
+    fn finish(self, sub: &dyn Subject) -> Result<(), String> {
+        let sc = self.scope.as_slice();
+        let verified = (0..self.stored).try_for_each(|k| {
+            check(
+                sub.kv_get(sc, &key(0, k)) == Some(value(self.last[k], k, SCALE_SIZE)),
+                || format!("kv {k} of {} lost or stale", self.stored),
+            )
+        });
+        sub.clear(sc);
+        verified
+    }
+}
+
+/// One timed window of append or queue_pop in a fresh scope holding `stored` entries: append
+/// adds to a log of `stored` entries, queue_pop takes from a queue of `stored` items plus the
+/// ones it pops. Checked, then the scope dropped.
+fn scale_fresh(sub: &dyn Subject, f: Family, stored: usize) -> Result<f64, String> {
+    let scope = fresh_scope(f);
+    let outcome = scale_fresh_in(sub, &scope, f, stored);
+    sub.clear(&scope);
+    outcome
+}
+
+fn scale_fresh_in(sub: &dyn Subject, sc: &[u8], f: Family, stored: usize) -> Result<f64, String> {
+    let m = scale_ops(f);
+    let el = match f {
+        Family::Append => {
+            for i in 0..stored {
+                sub.append(sc, b"log", &value(0, i, SCALE_SIZE));
+            }
+            let start = Instant::now();
+            let ids: Vec<i64> = (0..m)
+                .map(|i| sub.append(sc, b"log", &value(1, i, SCALE_SIZE)))
+                .collect();
+            let el = start.elapsed();
+            let log = sub.scan(sc, b"log", -1, u64::MAX);
+            check(log.len() == stored + m, || {
+                format!("scan found {} of {}", log.len(), stored + m)
+            })?;
+            check(
+                log[stored..].iter().map(|e| e.0).eq(ids.iter().copied()),
+                || "the appended ids are not the log's last entries, in order".into(),
+            )?;
+            for (n, (_, v)) in log.iter().enumerate() {
+                let want = if n < stored {
+                    value(0, n, SCALE_SIZE)
+                } else {
+                    value(1, n - stored, SCALE_SIZE)
+                };
+                check(*v == want, || format!("log entry {n} torn or out of place"))?;
+            }
+            el
+        }
+        Family::Pop => {
+            let items: Vec<_> = (0..stored + m).map(|i| value(0, i, SCALE_SIZE)).collect();
+            items.chunks(BATCH).for_each(|c| sub.push(sc, c));
+            let start = Instant::now();
+            let got: Vec<Option<Vec<u8>>> = (0..m).map(|_| sub.pop(sc)).collect();
+            let el = start.elapsed();
+            for (i, g) in got.iter().enumerate() {
+                check(*g == Some(value(0, i, SCALE_SIZE)), || {
+                    format!("pop {i} of {stored} returned the wrong item")
+                })?;
+            }
+            check(sub.pop(sc) == Some(value(0, m, SCALE_SIZE)), || {
+                "the queue lost the item after the popped ones".into()
+            })?;
+            el
+        }
+        other => return Err(format!("{other:?} is not a fresh-scope scale family")),
+    };
+    Ok(m as f64 / el.as_secs_f64())
+}
+
+// ------------------------------------------------------------------ sync=full
+
+/// One row of the `sync=full` section.
+struct SyncRow {
+    name: &'static str,
+    writers: usize,
+    /// The incumbent's row (its failures are reported, not fatal).
+    vgi: bool,
+    rate: Option<f64>,
+    /// The median over rounds of its rate over the floor's in the same round.
+    over_floor: Option<f64>,
+    ok: Result<(), String>,
+}
+
+/// The floor, silo fs `sync=full` with 1 and 8 writers (separate handles, and one shared), and
+/// vgi's SQLite at its default durability: kv_put of 100 B for `secs` each, every row once a
+/// round — short rounds, many of them, as fsync times drift a lot on a shared disk.
+fn sync_section(rounds: usize, secs: f64, dir: &std::path::Path) -> Vec<SyncRow> {
+    const WRITERS: usize = 8;
+    let url = format!("fs://{}?sync=full", dir.join("sync-fs").display());
+    let open = || -> Box<dyn Subject> { Box::new(Silo(silo::open(&url).expect("fs sync=full"))) };
+    let one = vec![open()];
+    let separate: Vec<_> = (0..WRITERS).map(|_| open()).collect();
+    let shared = silo::open(&url).expect("fs sync=full");
+    let shared: Vec<Box<dyn Subject>> = (0..WRITERS)
+        .map(|_| Box::new(Silo(shared.clone())) as Box<dyn Subject>)
+        .collect();
+    let vgi: Vec<Box<dyn Subject>> = vec![Box::new(Vgi(Arc::new(
+        vgi::storage::SqliteStorage::open(dir.join("sync-vgi.db")),
+    )))];
+    let floor_path = dir.join("sync-floor");
+    let mut rows = vec![
+        ("write(100 B) + fdatasync floor", 1, false),
+        ("silo fs sync=full kv_put", 1, false),
+        ("silo fs sync=full kv_put, a handle each", WRITERS, false),
+        (
+            "silo fs sync=full kv_put, one shared handle",
+            WRITERS,
+            false,
+        ),
+        (
+            "vgi sqlite kv_put (its default: WAL, synchronous=NORMAL, no fsync per commit)",
+            1,
+            true,
+        ),
+    ]
+    .into_iter()
+    .map(|(name, writers, vgi)| {
+        (
+            SyncRow {
+                name,
+                writers,
+                vgi,
+                rate: None,
+                over_floor: None,
+                ok: Ok(()),
+            },
+            Vec::new(),
+        )
+    })
+    .collect::<Vec<_>>();
+    for _ in 0..rounds {
+        for (i, (row, rates)) in rows.iter_mut().enumerate() {
+            let (rate, ok) = match i {
+                0 => fdatasync_floor(&floor_path, secs),
+                1 => timed_writers(&one, secs),
+                2 => timed_writers(&separate, secs),
+                3 => timed_writers(&shared, secs),
+                _ => timed_writers(&vgi, secs),
+            };
+            rates.push(rate);
+            if row.ok.is_ok() {
+                row.ok = ok;
+            }
+        }
+    }
+    let floor = rows[0].1.clone();
+    rows.into_iter()
+        .map(|(mut row, rates)| {
+            let ratios = rates.iter().zip(&floor).map(|(r, f)| r / f).collect();
+            row.over_floor = Some(median(ratios));
+            row.rate = Some(median(rates));
+            eprintln!(
+                "sync: {} ({}w): {}/s, {:.2}× the floor, {}",
+                row.name,
+                row.writers,
+                fmt_rate(row.rate),
+                row.over_floor.unwrap_or(0.0),
+                if row.ok.is_ok() { "ok" } else { "FAILED" }
+            );
+            row
+        })
+        .collect()
+}
+
+/// What one writer reaches appending 100 B with `write` and making it durable with
+/// `fdatasync`, in a loop for `secs`, on a fresh file in `path`.
+fn fdatasync_floor(path: &std::path::Path, secs: f64) -> (f64, Result<(), String>) {
+    let mut file = std::fs::File::create(path).expect("create the floor file");
+    let buf = value(0, 0, 100);
+    let deadline = Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut ops = 0u64;
+    while start.elapsed() < deadline {
+        file.write_all(&buf).expect("write the floor file");
+        file.sync_data().expect("fdatasync the floor file");
+        ops += 1;
+    }
+    let el = start.elapsed();
+    let len = file.metadata().map_or(0, |m| m.len());
+    (
+        ops as f64 / el.as_secs_f64(),
+        check(len == ops * 100, || {
+            format!("floor file holds {len} bytes, not {}", ops * 100)
+        }),
+    )
+}
+
+/// One thread per handle in `subs`, each doing 100 B kv_puts to its own keys for `secs`; then
+/// every put read back (through the first handle).
+fn timed_writers(subs: &[Box<dyn Subject>], secs: f64) -> (f64, Result<(), String>) {
+    let scope = fresh_scope(Family::KvPut);
+    let sc = scope.as_slice();
+    let deadline = Duration::from_secs_f64(secs);
+    let (el, counts) = timed(subs.len(), |t| {
+        let start = Instant::now();
+        let mut i = 0;
+        while start.elapsed() < deadline {
+            subs[t].kv_put(sc, &key(t, i), &value(t, i, 100));
+            i += 1;
+        }
+        i
+    });
+    let verified = (|| {
+        for (t, &n) in counts.iter().enumerate() {
+            for i in 0..n {
+                check(
+                    subs[0].kv_get(sc, &key(t, i)) == Some(value(t, i, 100)),
+                    || format!("writer {t}: put {i} of {n} lost"),
+                )?;
+            }
+        }
+        Ok(())
+    })();
+    subs[0].clear(sc);
+    (
+        counts.iter().sum::<usize>() as f64 / el.as_secs_f64(),
+        verified,
+    )
+}
+
 // ------------------------------------------------------------------ the server's concurrency
 
 /// `clients` threads, each with its own client, doing kv_put + kv_get pairs for `secs`.
@@ -671,6 +1084,190 @@ fn concurrent_clients(
 }
 
 // ------------------------------------------------------------------ report
+
+/// The sections about silo's `fs:` backend: issue 8's targets against what this run measured,
+/// 64 KiB write bandwidth, the 1k-vs-20k-entries table and the `sync=full` table. Each part
+/// only when its measurements ran.
+fn fs_report(md: &mut String, cells: &[Cell], scale: &[ScaleRow], sync: &[SyncRow]) {
+    let fs_cell = |family: &str, size: usize, threads: usize| {
+        cells.iter().find(|c| {
+            c.group == FS_GROUP && c.family == family && c.size == size && c.threads == threads
+        })
+    };
+    let mbps = |rate: Option<f64>| rate.map(|r| r * (64 << 10) as f64 / 1e6);
+    // (target, measured, bound, whether the bound is a ceiling, how to show it)
+    type Show = fn(f64) -> String;
+    let mut targets: Vec<(String, Option<f64>, f64, bool, Show)> = Vec::new();
+    let times_show: Show = |x| format!("{x:.2}×");
+    let mb_show: Show = |x| format!("{x:.0} MB/s");
+    if fs_cell("kv_put", 100, 1).is_some() {
+        for (family, want) in [
+            ("kv_put", 10.0),
+            ("append", 10.0),
+            ("queue_push", 10.0),
+            ("queue_pop", 10.0),
+            ("kv_get", 2.0),
+        ] {
+            targets.push((
+                format!("{family} 100 B, 1 thread, fs / vgi sqlite"),
+                fs_cell(family, 100, 1).and_then(ratio),
+                want,
+                false,
+                times_show,
+            ));
+        }
+        for family in ["kv_put", "append"] {
+            targets.push((
+                format!("{family} 64 KiB, 1 thread, silo fs"),
+                mbps(fs_cell(family, 64 << 10, 1).and_then(|c| c.silo)),
+                1000.0,
+                false,
+                mb_show,
+            ));
+        }
+    }
+    for family in [
+        "4 processes popping one queue",
+        "4 processes appending to one log",
+    ] {
+        if let Some(c) = fs_cell(family, 100, 4) {
+            targets.push((
+                format!("{family}, fs / vgi sqlite"),
+                ratio(c),
+                5.0,
+                false,
+                times_show,
+            ));
+        }
+    }
+    for r in scale {
+        targets.push((
+            format!(
+                "{} 100 B, per-op cost at 20k / at 1k entries, silo fs",
+                r.family.name()
+            ),
+            ScaleRow::cost(r.silo),
+            1.5,
+            true,
+            times_show,
+        ));
+    }
+    for (row, want) in sync.iter().skip(1).take(2).zip([0.9, 3.0]) {
+        targets.push((
+            format!(
+                "{}, {} writer{} / the fdatasync floor",
+                row.name,
+                row.writers,
+                if row.writers == 1 { "" } else { "s" }
+            ),
+            row.over_floor,
+            want,
+            false,
+            times_show,
+        ));
+    }
+    if !targets.is_empty() {
+        let _ = writeln!(md, "\n## silo fs: issue 8's targets in this run\n");
+        let _ = writeln!(md, "| target | measured | wanted | |");
+        let _ = writeln!(md, "|---|---:|---:|---|");
+        for (what, got, want, ceiling, show) in &targets {
+            let verdict = match got {
+                None => "—",
+                Some(g) if (*ceiling && g <= want) || (!*ceiling && g >= want) => "met",
+                Some(_) => "**missed**",
+            };
+            let _ = writeln!(
+                md,
+                "| {what} | {} | {} {} | {verdict} |",
+                got.map_or("—".into(), show),
+                if *ceiling { "≤" } else { "≥" },
+                show(*want)
+            );
+        }
+    }
+
+    let big: Vec<&Cell> = cells
+        .iter()
+        .filter(|c| {
+            c.group == FS_GROUP
+                && c.size == 64 << 10
+                && ["kv_put", "append", "queue_push"].contains(&c.family.as_str())
+        })
+        .collect();
+    if !big.is_empty() {
+        let _ = writeln!(md, "\n## fs: 64 KiB writes (MB/s, 1 MB = 10⁶ bytes)\n");
+        let _ = writeln!(md, "| operation | threads | silo fs | vgi sqlite |");
+        let _ = writeln!(md, "|---|---|---:|---:|");
+        for c in big {
+            let show = |r: Option<f64>| mbps(r).map_or("—".into(), mb_show);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                c.family,
+                c.threads,
+                show(c.silo),
+                show(c.vgi)
+            );
+        }
+    }
+
+    if !scale.is_empty() {
+        let _ = writeln!(md, "\n## fs at 1k vs 20k entries (100 B, 1 thread)\n");
+        let _ = writeln!(
+            md,
+            "| operation | silo fs @1k | silo fs @20k | silo cost 20k / 1k | vgi sqlite @1k | vgi sqlite @20k | vgi cost 20k / 1k | verified |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---|");
+        for r in scale {
+            let cost =
+                |rates| ScaleRow::cost(rates).map_or("—".into(), |c| format!("**{c:.2}×**"));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.family.name(),
+                fmt_rate(r.silo[0]),
+                fmt_rate(r.silo[1]),
+                cost(r.silo),
+                fmt_rate(r.vgi[0]),
+                fmt_rate(r.vgi[1]),
+                cost(r.vgi),
+                verdict(&r.silo_ok, &r.vgi_ok)
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nOperations per second, median of timed windows, on a fresh store per size (silo `fs:` at its defaults; vgi `SqliteStorage`). kv_put ({} overwrites a window) and kv_get ({} reads) work on keys spread over one scope prefilled with exactly 1k or 20k entries; append ({} a window) adds to a fresh log of 1k or 20k entries; queue_pop ({}) takes from a fresh queue of 1k or 20k items plus the ones it pops. Cost 20k / 1k = per-operation time at 20k entries over that at 1k (1.00× = no slower).",
+            scale_ops(Family::KvPut),
+            scale_ops(Family::KvGet),
+            scale_ops(Family::Append),
+            scale_ops(Family::Pop)
+        );
+    }
+
+    if !sync.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## sync=full: durable writes against the fdatasync floor (100 B)\n"
+        );
+        let _ = writeln!(md, "| writer | writers | ops/s | / floor | verified |");
+        let _ = writeln!(md, "|---|---|---:|---:|---|");
+        for r in sync {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} |",
+                r.name,
+                r.writers,
+                fmt_rate(r.rate),
+                r.over_floor.map_or("—".into(), |x| format!("**{x:.2}×**")),
+                if r.ok.is_ok() { "ok" } else { "FAILED" }
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nThe floor: one thread appending 100 bytes with `write` and `fdatasync`ing them, in a loop, on a fresh file in the same directory as the stores. Every row runs once a round, for a fixed time, over many short rounds; ops/s is the median over rounds, / floor the median over rounds of the row's rate over the floor's in the same round (fsync times drift a lot on a shared disk). The writers: threads doing kv_put to keys of their own for a fixed time, every put read back afterwards; \"a handle each\" = every thread its own `silo::open` of the one `fs:` store (`?sync=full`), \"one shared handle\" = all threads on one. The vgi row is not durable per commit and is there for scale only."
+        );
+    }
+}
 
 /// `ok`, or which side failed its checks.
 fn verdict(silo: &Result<(), String>, vgi: &Result<(), String>) -> &'static str {
@@ -796,6 +1393,7 @@ fn main() {
     let out_path = flag("--out").unwrap_or_else(|| "BENCHMARKS.md".into());
     let svg_path = flag("--svg").unwrap_or_else(|| "benchmarks.svg".into());
     let only = flag("--only");
+    let wants = |parts: &[&str]| only.as_deref().is_none_or(|o| parts.contains(&o));
     let started = Instant::now();
 
     let dir = tempfile::tempdir().expect("temp dir");
@@ -807,6 +1405,11 @@ fn main() {
         dir.path().join("vgi.db"),
     )));
     let vgi_fs = Vgi(Arc::new(vgi::storage::FsStorage::new()));
+    let silo_fs =
+        Silo(silo::open(&format!("fs://{}", dir.path().join("silo-fs").display())).expect("fs"));
+    let vgi_sql_vs_fs = Vgi(Arc::new(vgi::storage::SqliteStorage::open(
+        dir.path().join("vgi-vs-fs.db"),
+    )));
     let silo_server_store =
         silo::open(&format!("sqlite://{}/silo-server.db", dir.path().display())).expect("sqlite");
     let silo_srv = silo_compat::silo_server(silo_server_store);
@@ -825,6 +1428,7 @@ fn main() {
     let groups = [
         Group {
             name: "memory",
+            key: "memory",
             silo: Some(&silo_mem),
             vgi: Some(&vgi_mem),
             n_small: 100_000,
@@ -832,13 +1436,23 @@ fn main() {
         },
         Group {
             name: "sqlite",
+            key: "sqlite",
             silo: Some(&silo_sql),
             vgi: Some(&vgi_sql),
             n_small: 20_000,
             n_big: 1_000,
         },
         Group {
+            name: FS_GROUP,
+            key: "fs",
+            silo: Some(&silo_fs),
+            vgi: Some(&vgi_sql_vs_fs),
+            n_small: 20_000,
+            n_big: 1_000,
+        },
+        Group {
             name: "fs (vgi only)",
+            key: "vgi-fs",
             silo: None,
             vgi: Some(&vgi_fs),
             n_small: 5_000,
@@ -846,6 +1460,7 @@ fn main() {
         },
         Group {
             name: "http",
+            key: "http",
             silo: Some(&silo_http),
             vgi: Some(&vgi_http),
             n_small: 5_000,
@@ -856,7 +1471,7 @@ fn main() {
     let mut latencies = Vec::new();
     for g in &groups {
         let group = g.name;
-        if only.as_deref().is_some_and(|o| !group.starts_with(o)) {
+        if !wants(&[g.key]) {
             continue;
         }
         for size in [100usize, 64 << 10] {
@@ -895,42 +1510,56 @@ fn main() {
     }
 
     let mut extra = Vec::new();
-    if only.as_deref().is_none_or(|o| o == "processes") {
+    // silo's backends in the processes rows, each beside the same vgi SQLite runs.
+    let backends: Vec<(&str, &str)> = [
+        ("sqlite", "sqlite", wants(&["processes"])),
+        ("fs", FS_GROUP, wants(&["processes", "fs"])),
+    ]
+    .into_iter()
+    .filter_map(|(backend, group, on)| on.then_some((backend, group)))
+    .collect();
+    if !backends.is_empty() {
         for (role, name, total) in [
             ("pop", "4 processes popping one queue", 20_000),
             ("append", "4 processes appending to one log", 8_000),
         ] {
-            let (mut s, mut v) = (Vec::new(), Vec::new());
-            let (mut silo_ok, mut vgi_ok) = (Ok(()), Ok(()));
+            let mut silo: Vec<(Vec<f64>, Result<(), String>)> =
+                backends.iter().map(|_| (Vec::new(), Ok(()))).collect();
+            let (mut v, mut vgi_ok) = (Vec::new(), Ok(()));
             for _ in 0..settings.reps {
-                let (rate, ok) = processes("silo", role, total);
-                s.push(rate);
-                silo_ok = silo_ok.and(ok);
-                let (rate, ok) = processes("vgi", role, total);
+                for ((backend, _), (rates, silo_ok)) in backends.iter().zip(&mut silo) {
+                    let (rate, ok) = processes("silo", backend, role, total);
+                    rates.push(rate);
+                    if silo_ok.is_ok() {
+                        *silo_ok = ok;
+                    }
+                }
+                let (rate, ok) = processes("vgi", "sqlite", role, total);
                 v.push(rate);
                 vgi_ok = vgi_ok.and(ok);
             }
-            eprintln!(
-                "{name}: silo {} vgi {}",
-                fmt_rate(Some(median(s.clone()))),
-                fmt_rate(Some(median(v.clone())))
-            );
-            extra.push(Cell {
-                group: "sqlite".into(),
-                family: name.into(),
-                size: 100,
-                threads: 4,
-                silo: Some(median(s)),
-                vgi: Some(median(v)),
-                silo_ok,
-                vgi_ok,
-            });
+            let vgi_rate = median(v);
+            for ((_, group), (rates, silo_ok)) in backends.iter().zip(silo) {
+                let silo_rate = median(rates);
+                eprintln!(
+                    "{group}: {name}: silo {} vgi {}",
+                    fmt_rate(Some(silo_rate)),
+                    fmt_rate(Some(vgi_rate))
+                );
+                extra.push(Cell {
+                    group: group.to_string(),
+                    family: name.into(),
+                    size: 100,
+                    threads: 4,
+                    silo: Some(silo_rate),
+                    vgi: Some(vgi_rate),
+                    silo_ok,
+                    vgi_ok: vgi_ok.clone(),
+                });
+            }
         }
     }
-    if only
-        .as_deref()
-        .is_none_or(|o| o == "http" || o == "clients")
-    {
+    if wants(&["http", "clients"]) {
         for clients in [1usize, 32] {
             let secs = if quick { 1.0 } else { 2.0 };
             let (mut s, mut v) = (Vec::new(), Vec::new());
@@ -977,9 +1606,44 @@ fn main() {
         }
     }
     cells.extend(extra);
+    let scale = if wants(&["fs", "scale"]) {
+        scale_section(settings.reps.max(7), dir.path())
+    } else {
+        Vec::new()
+    };
+    let sync = if wants(&["fs", "sync"]) {
+        sync_section(
+            if quick { 8 } else { 15 },
+            if quick { 0.25 } else { 0.4 },
+            dir.path(),
+        )
+    } else {
+        Vec::new()
+    };
 
     // ---- the report
-    let all_ok = cells.iter().all(|c| c.silo_ok.is_ok());
+    let silo_failures: Vec<String> = cells
+        .iter()
+        .filter_map(|c| {
+            let e = c.silo_ok.as_ref().err()?;
+            Some(format!(
+                "{} {} {} {}t: {e}",
+                c.group,
+                c.family,
+                size_name(c.size),
+                c.threads
+            ))
+        })
+        .chain(scale.iter().filter_map(|r| {
+            let e = r.silo_ok.as_ref().err()?;
+            Some(format!("fs scale {}: {e}", r.family.name()))
+        }))
+        .chain(sync.iter().filter(|r| !r.vgi).filter_map(|r| {
+            let e = r.ok.as_ref().err()?;
+            Some(format!("{} ({} writers): {e}", r.name, r.writers))
+        }))
+        .collect();
+    let all_ok = silo_failures.is_empty();
     let vgi_failures: Vec<String> = cells
         .iter()
         .filter_map(|c| {
@@ -992,6 +1656,14 @@ fn main() {
                 c.threads
             ))
         })
+        .chain(scale.iter().filter_map(|r| {
+            let e = r.vgi_ok.as_ref().err()?;
+            Some(format!("sqlite scale {}: {e}", r.family.name()))
+        }))
+        .chain(sync.iter().filter(|r| r.vgi).filter_map(|r| {
+            let e = r.ok.as_ref().err()?;
+            Some(format!("{} ({} writers): {e}", r.name, r.writers))
+        }))
         .collect();
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmarks\n");
@@ -1054,6 +1726,7 @@ fn main() {
             fmt_rate(c.vgi)
         );
     }
+    fs_report(&mut md, &cells, &scale, &sync);
     if !latencies.is_empty() {
         let _ = writeln!(
             md,
@@ -1076,6 +1749,12 @@ fn main() {
             );
         }
     }
+    if !silo_failures.is_empty() {
+        let _ = writeln!(md, "\n## Runs where silo FAILED verification\n");
+        for f in &silo_failures {
+            let _ = writeln!(md, "- {f}");
+        }
+    }
     if !vgi_failures.is_empty() {
         let _ = writeln!(
             md,
@@ -1089,6 +1768,12 @@ fn main() {
         md,
         "\nThe vgi side of `http` is a server built from the vgi crate's public `apply_op` and `WIRE`, behaving as `vgi-storage-server` does (store calls on the async reactor, in-memory idempotency map) over vgi's `SqliteStorage`; silo's is `silo serve`'s router over silo's SQLite store. vgi has no batch `put_many`: its cell is the same 1,000 items written with `kv_put`, as a vgi user would."
     );
+    if cells.iter().any(|c| c.group == FS_GROUP) {
+        let _ = writeln!(
+            md,
+            "\n`{FS_GROUP}`: silo's own `fs:` store (log-structured, `sync=normal`) against a fresh vgi `SqliteStorage` (WAL, `synchronous=NORMAL`) — the incumbent's SQLite, which issue 8's targets are ratios against; its processes rows share their vgi runs with the `sqlite` rows when both run. `fs (vgi only)` is the incumbent's own fs backend, which has no silo counterpart of that design."
+        );
+    }
     std::fs::write(&out_path, md).expect("write the report");
     std::fs::write(&svg_path, svg(&cells)).expect("write the chart");
     eprintln!(
