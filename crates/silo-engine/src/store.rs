@@ -598,80 +598,55 @@ impl<S: Store> Store for FaultyStore<S> {
     }
 }
 
-/// A shared reference to a store is a store (tests and layers hold one image in many places).
-impl<S: Store + ?Sized> Store for &S {
-    fn len(&self) -> io::Result<u64> {
-        (**self).len()
-    }
+/// Implements [`Store`] for a pointer to a store by forwarding every call to the store.
+macro_rules! forward_store {
+    ($(#[$doc:meta])* $ptr:ty) => {
+        $(#[$doc])*
+        impl<S: Store + ?Sized> Store for $ptr {
+            fn len(&self) -> io::Result<u64> {
+                (**self).len()
+            }
 
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        (**self).read_at(buf, offset)
-    }
+            fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+                (**self).read_at(buf, offset)
+            }
 
-    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
-        (**self).write_at(data, offset)
-    }
+            fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+                (**self).write_at(data, offset)
+            }
 
-    fn append(&self, data: &[u8]) -> io::Result<u64> {
-        (**self).append(data)
-    }
+            fn append(&self, data: &[u8]) -> io::Result<u64> {
+                (**self).append(data)
+            }
 
-    fn append_at(&self, data: &[u8], end: u64) -> io::Result<()> {
-        (**self).append_at(data, end)
-    }
+            fn append_at(&self, data: &[u8], end: u64) -> io::Result<()> {
+                (**self).append_at(data, end)
+            }
 
-    fn truncate(&self, len: u64) -> io::Result<()> {
-        (**self).truncate(len)
-    }
+            fn truncate(&self, len: u64) -> io::Result<()> {
+                (**self).truncate(len)
+            }
 
-    fn sync(&self) -> io::Result<()> {
-        (**self).sync()
-    }
+            fn sync(&self) -> io::Result<()> {
+                (**self).sync()
+            }
 
-    fn lock(&self, mode: LockMode) -> io::Result<StoreLock> {
-        (**self).lock(mode)
-    }
+            fn lock(&self, mode: LockMode) -> io::Result<StoreLock> {
+                (**self).lock(mode)
+            }
 
-    fn try_lock(&self, mode: LockMode) -> io::Result<Option<StoreLock>> {
-        (**self).try_lock(mode)
-    }
+            fn try_lock(&self, mode: LockMode) -> io::Result<Option<StoreLock>> {
+                (**self).try_lock(mode)
+            }
+        }
+    };
 }
 
-/// A shared store is a store (an engine keeps one open file in several places).
-impl<S: Store + ?Sized> Store for Arc<S> {
-    fn len(&self) -> io::Result<u64> {
-        (**self).len()
-    }
-
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        (**self).read_at(buf, offset)
-    }
-
-    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
-        (**self).write_at(data, offset)
-    }
-
-    fn append(&self, data: &[u8]) -> io::Result<u64> {
-        (**self).append(data)
-    }
-
-    fn append_at(&self, data: &[u8], end: u64) -> io::Result<()> {
-        (**self).append_at(data, end)
-    }
-
-    fn truncate(&self, len: u64) -> io::Result<()> {
-        (**self).truncate(len)
-    }
-
-    fn sync(&self) -> io::Result<()> {
-        (**self).sync()
-    }
-
-    fn lock(&self, mode: LockMode) -> io::Result<StoreLock> {
-        (**self).lock(mode)
-    }
-
-    fn try_lock(&self, mode: LockMode) -> io::Result<Option<StoreLock>> {
-        (**self).try_lock(mode)
-    }
-}
+forward_store!(
+    /// A shared reference to a store is a store (tests and layers hold one image in many places).
+    &S
+);
+forward_store!(
+    /// A shared store is a store (an engine keeps one open file in several places).
+    Arc<S>
+);

@@ -14,7 +14,7 @@ use std::time::Duration;
 use imbl::{HashMap, OrdMap, Vector};
 use parking_lot::{ReentrantMutex, ReentrantMutexGuard};
 
-use crate::options::millis;
+use crate::options::{lease_millis, millis};
 use crate::storage::{Entry, KeyValue};
 use crate::{
     Claim, DeadLetter, Error, FunctionStorage, KeyRange, Result, Selection, StoreOptions,
@@ -228,14 +228,6 @@ impl MemoryStorage {
             f(s, item_id, now);
             true
         })
-    }
-
-    fn check_lease(lease: Duration) -> Result<i64> {
-        let ms = millis(lease);
-        if ms <= 0 {
-            return Err(Error::invalid("a lease must be at least 1 millisecond"));
-        }
-        Ok(ms)
     }
 }
 
@@ -515,7 +507,7 @@ impl FunctionStorage for MemoryStorage {
     }
 
     fn queue_claim(&self, scope: &[u8], lease: Duration) -> Result<Option<Claim>> {
-        let lease_ms = Self::check_lease(lease)?;
+        let lease_ms = lease_millis(lease)?;
         let max_attempts = self.options.max_attempts;
         let claim = self.change(scope, |s, seq, now| {
             let id = s.next_visible(now, max_attempts)?;
@@ -557,7 +549,7 @@ impl FunctionStorage for MemoryStorage {
     }
 
     fn queue_extend(&self, scope: &[u8], claim_id: i64, lease: Duration) -> Result<bool> {
-        let lease_ms = Self::check_lease(lease)?;
+        let lease_ms = lease_millis(lease)?;
         self.with_live_claim(scope, claim_id, |s, item_id, now| {
             if let Some(item) = s.queue.get_mut(&item_id) {
                 item.visible_at_ms = now.saturating_add(lease_ms);

@@ -207,6 +207,15 @@ pub(crate) fn now_millis() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// A lease as whole milliseconds; a lease under 1 ms is invalid input.
+pub(crate) fn lease_millis(lease: Duration) -> Result<i64> {
+    let ms = millis(lease);
+    if ms <= 0 {
+        return Err(Error::invalid("a lease must be at least 1 millisecond"));
+    }
+    Ok(ms)
+}
+
 /// A duration as whole milliseconds, saturating.
 pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)

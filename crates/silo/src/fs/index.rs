@@ -321,6 +321,11 @@ impl Scope {
         (buried, None)
     }
 
+    /// A counter's value, if it exists.
+    pub fn counter(&self, ns: &[u8], key: &[u8]) -> Option<i64> {
+        self.counters.get(&pair(ns, key)).copied()
+    }
+
     /// The id of the item a live claim refers to.
     pub fn live_claim(&self, claim_id: i64, now: i64) -> Option<i64> {
         let item_id = *self.claims.get(&claim_id)?;

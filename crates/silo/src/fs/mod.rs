@@ -17,10 +17,10 @@ use silo_engine::{Dir, FileDir, Store};
 
 pub use engine::FsTuning;
 use engine::{Committed, Engine, load_value};
-use index::{Index, Scope, ValRef};
+use index::{Index, Item, Scope, ValRef};
 use record::Rec;
 
-use crate::options::millis;
+use crate::options::{lease_millis, millis};
 use crate::storage::{Entry, KeyValue, key_reused};
 use crate::{
     Claim, DeadLetter, Error, FunctionStorage, KeyRange, Result, Selection, StoreOptions,
@@ -363,6 +363,21 @@ impl<D: Dir> Tx<'_, D> {
         Ok(next)
     }
 
+    /// The next deliverable item of an existing scope (marking it written and burying the
+    /// exhausted items in front), with its id.
+    fn take_head(&mut self, scope: &[u8]) -> Result<Option<(i64, Item)>> {
+        if !self.touch_existing(scope)? {
+            return Ok(None);
+        }
+        let Some(id) = self.next_visible(scope)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .scope(scope)
+            .and_then(|s| s.queue.get(&id))
+            .map(|item| (id, *item)))
+    }
+
     /// Runs `f(item id)` when `claim_id` is a live lease of the scope, marking it written.
     fn with_live_claim(
         &mut self,
@@ -380,14 +395,6 @@ impl<D: Dir> Tx<'_, D> {
         f(self, item_id)?;
         Ok(true)
     }
-}
-
-fn check_lease(lease: Duration) -> Result<i64> {
-    let ms = millis(lease);
-    if ms <= 0 {
-        return Err(Error::invalid("a lease must be at least 1 millisecond"));
-    }
-    Ok(ms)
 }
 
 impl<D: Dir> FunctionStorage for FsStore<D> {
@@ -581,11 +588,7 @@ impl<D: Dir> FunctionStorage for FsStore<D> {
     }
 
     fn counter_get(&self, scope: &[u8], ns: &[u8], key: &[u8]) -> Result<i64> {
-        self.read(|r| {
-            Ok(r.scope(scope)
-                .and_then(|s| s.counters.get(&(ns.to_vec(), key.to_vec())).copied())
-                .unwrap_or(0))
-        })
+        self.read(|r| Ok(r.scope(scope).and_then(|s| s.counter(ns, key)).unwrap_or(0)))
     }
 
     fn counter_add(&self, scope: &[u8], ns: &[u8], key: &[u8], delta: i64) -> Result<i64> {
@@ -593,7 +596,7 @@ impl<D: Dir> FunctionStorage for FsStore<D> {
         self.write(|tx| {
             let old = tx
                 .scope(scope)
-                .and_then(|s| s.counters.get(&(ns.to_vec(), key.to_vec())).copied())
+                .and_then(|s| s.counter(ns, key))
                 .unwrap_or(0);
             let value = old.checked_add(delta).ok_or_else(|| {
                 Error::invalid(format!(
@@ -616,7 +619,7 @@ impl<D: Dir> FunctionStorage for FsStore<D> {
         self.write(|tx| {
             let old = tx
                 .scope(scope)
-                .and_then(|s| s.counters.get(&(ns.to_vec(), key.to_vec())).copied())
+                .and_then(|s| s.counter(ns, key))
                 .unwrap_or(0);
             tx.touch(scope)?;
             tx.emit(&Rec::CounterSet {
@@ -634,9 +637,7 @@ impl<D: Dir> FunctionStorage for FsStore<D> {
             if !tx.touch_existing(scope)? {
                 return Ok(0);
             }
-            let old = tx
-                .scope(scope)
-                .and_then(|s| s.counters.get(&(ns.to_vec(), key.to_vec())).copied());
+            let old = tx.scope(scope).and_then(|s| s.counter(ns, key));
             if old.is_some() {
                 tx.emit(&Rec::CounterDel { scope, ns, key })?;
             }
@@ -668,13 +669,7 @@ impl<D: Dir> FunctionStorage for FsStore<D> {
 
     fn queue_pop(&self, scope: &[u8]) -> Result<Option<Vec<u8>>> {
         self.write(|tx| {
-            if !tx.touch_existing(scope)? {
-                return Ok(None);
-            }
-            let Some(id) = tx.next_visible(scope)? else {
-                return Ok(None);
-            };
-            let Some(item) = tx.scope(scope).and_then(|s| s.queue.get(&id)).copied() else {
+            let Some((id, item)) = tx.take_head(scope)? else {
                 return Ok(None);
             };
             let value = tx.value(item.value)?;
@@ -701,15 +696,9 @@ impl<D: Dir> FunctionStorage for FsStore<D> {
     }
 
     fn queue_claim(&self, scope: &[u8], lease: Duration) -> Result<Option<Claim>> {
-        let lease_ms = check_lease(lease)?;
+        let lease_ms = lease_millis(lease)?;
         self.write(|tx| {
-            if !tx.touch_existing(scope)? {
-                return Ok(None);
-            }
-            let Some(id) = tx.next_visible(scope)? else {
-                return Ok(None);
-            };
-            let Some(item) = tx.scope(scope).and_then(|s| s.queue.get(&id)).copied() else {
+            let Some((id, item)) = tx.take_head(scope)? else {
                 return Ok(None);
             };
             let claim = tx.index().seq.last_claim_id + 1;
@@ -746,7 +735,7 @@ impl<D: Dir> FunctionStorage for FsStore<D> {
     }
 
     fn queue_extend(&self, scope: &[u8], claim_id: i64, lease: Duration) -> Result<bool> {
-        let lease_ms = check_lease(lease)?;
+        let lease_ms = lease_millis(lease)?;
         self.write(|tx| {
             let visible_at = tx.now.saturating_add(lease_ms);
             tx.with_live_claim(scope, claim_id, |tx, id| {
