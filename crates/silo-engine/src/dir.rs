@@ -3,6 +3,7 @@
 //! durable with an fsync of the directory); [`MemDir`] keeps images in memory so a test can
 //! "lose power" across every file at once; [`FaultyDir`] wraps the files of any directory in
 //! [`FaultyStore`]s that share one countdown, so a crash can strike at any write of any file.
+//! Each also opens the store's [`Shared`] page (the writers' lock and change counter).
 
 use std::collections::BTreeMap;
 use std::fs::{self, DirBuilder, File};
@@ -13,12 +14,19 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::shared::{MemShared, Shared, SharedFile};
 use crate::store::{FaultPlan, Faults, FaultyStore, FileStore, MemStore, Store};
 
 /// A flat directory of named images. Names are the engine's own (never user bytes).
 pub trait Dir: Send + Sync + std::fmt::Debug {
     /// The images it holds.
     type File: Store + std::fmt::Debug + 'static;
+
+    /// The page its processes share.
+    type Shared: Shared + Clone;
+
+    /// Opens (creating) the shared page kept in the file `name`.
+    fn open_shared(&self, name: &str) -> io::Result<Self::Shared>;
 
     /// Opens `name`; creates it empty when missing and `create`, else `None` when missing.
     fn open(&self, name: &str, create: bool) -> io::Result<Option<Self::File>>;
@@ -79,6 +87,11 @@ impl FileDir {
 
 impl Dir for FileDir {
     type File = FileStore;
+    type Shared = SharedFile;
+
+    fn open_shared(&self, name: &str) -> io::Result<SharedFile> {
+        SharedFile::open(&self.path.join(name))
+    }
 
     fn open(&self, name: &str, create: bool) -> io::Result<Option<FileStore>> {
         let path = self.path.join(name);
@@ -129,6 +142,7 @@ impl Dir for FileDir {
 #[derive(Debug, Clone, Default)]
 pub struct MemDir {
     files: Arc<Mutex<BTreeMap<String, MemStore>>>,
+    shared: Arc<Mutex<BTreeMap<String, MemShared>>>,
 }
 
 impl MemDir {
@@ -152,6 +166,18 @@ impl MemDir {
 
 impl Dir for MemDir {
     type File = MemStore;
+    type Shared = MemShared;
+
+    fn open_shared(&self, name: &str) -> io::Result<MemShared> {
+        // The file exists as on a real directory, where the page lives in it.
+        self.open(name, true)?;
+        Ok(self
+            .shared
+            .lock()
+            .entry(name.to_owned())
+            .or_default()
+            .clone())
+    }
 
     fn open(&self, name: &str, create: bool) -> io::Result<Option<MemStore>> {
         let mut files = self.files.lock();
@@ -229,6 +255,16 @@ impl<D: Dir> FaultyDir<D> {
 
 impl<D: Dir> Dir for FaultyDir<D> {
     type File = FaultyStore<D::File>;
+    type Shared = D::Shared;
+
+    fn open_shared(&self, name: &str) -> io::Result<D::Shared> {
+        self.faults.check_alive()?;
+        if self.inner.open(name, false)?.is_none() {
+            // Creating the page's file is a write that can fail.
+            self.strike()?;
+        }
+        self.inner.open_shared(name)
+    }
 
     fn open(&self, name: &str, create: bool) -> io::Result<Option<Self::File>> {
         self.faults.check_alive()?;

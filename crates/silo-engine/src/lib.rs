@@ -3,12 +3,15 @@
 //! Its lowest layer is [`store`]: a byte image — read at an offset, append, write in place,
 //! truncate, sync, and lock across processes — with a real file, an in-memory image that can
 //! "lose power", and a fault-injecting wrapper. Everything above is written only against the
-//! [`Store`] trait, so every crash and I/O failure can be replayed in tests.
+//! [`Store`] trait, so every crash and I/O failure can be replayed in tests. Processes of one
+//! store coordinate through a [`Shared`] page: the writers' lock and a change counter.
 
 pub mod dir;
 pub mod frame;
+pub mod shared;
 pub mod store;
 
 pub use dir::{Dir, FaultyDir, FileDir, MemDir};
 pub use frame::{FrameLog, FrameRef, LogError, Recovery};
+pub use shared::{Locked, MemShared, Shared, SharedFile};
 pub use store::{FaultPlan, Faults, FaultyStore, FileStore, LockMode, MemStore, Store, StoreLock};

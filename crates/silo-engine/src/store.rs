@@ -28,7 +28,7 @@ pub struct StoreLock {
 }
 
 impl StoreLock {
-    fn new(release: impl FnOnce() + Send + 'static) -> Self {
+    pub(crate) fn new(release: impl FnOnce() + Send + 'static) -> Self {
         StoreLock {
             release: Some(Box::new(release)),
         }

@@ -49,7 +49,8 @@ use silo::{
     Clock, Error, FunctionStorage, KeyRange, MemoryStorage, Selection, StoreOptions, SyncMode,
 };
 use silo_engine::{
-    Dir, FaultPlan, Faults, FaultyDir, FaultyStore, LockMode, MemDir, MemStore, Store, StoreLock,
+    Dir, FaultPlan, Faults, FaultyDir, FaultyStore, LockMode, MemDir, MemShared, MemStore, Store,
+    StoreLock,
 };
 
 // --------------------------------------------------------------------------- parameters
@@ -741,6 +742,17 @@ struct TraceFile {
 
 impl Dir for TraceDir {
     type File = TraceFile;
+    type Shared = MemShared;
+
+    fn open_shared(&self, name: &str) -> io::Result<MemShared> {
+        note(
+            self.inner.faults(),
+            &self.trace,
+            || format!("create {name}"),
+            0,
+            || self.inner.open_shared(name),
+        )
+    }
 
     fn open(&self, name: &str, create: bool) -> io::Result<Option<TraceFile>> {
         let faults = self.inner.faults().clone();

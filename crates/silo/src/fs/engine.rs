@@ -1,21 +1,22 @@
 //! The engine under `fs:`: one directory, a chain of segment files of checksummed frames, and
 //! in every process an index that is the fold of those frames (SPEC §5).
 //!
-//! Directory: `FORMAT` (the format version), `LOCK` (flocked exclusively by a writer for one
-//! operation), `CURRENT` (names the compacted base the chain starts from; missing = none),
+//! Directory: `FORMAT` (the format version), `LOCK` (the page the store's processes share:
+//! the writers' lock and a change counter, see [`silo_engine::shared`]), `CURRENT` (names the compacted base the chain starts from; missing = none),
 //! `base-N.slf` (the state through frame N, rewritten compactly), `seg-N.slf` (frames from
 //! number N on). A segment ends with a seal frame; the chain continues in `seg-(seal+1).slf`.
 //!
-//! A write takes `LOCK`, catches up on frames other processes appended, decides its records
-//! against the index (the precondition check), appends them as one frame and folds them. A
-//! read catches up without the lock: frames are never rewritten, and a partial frame at the
-//! end is invisible until it is whole.
+//! A write takes the writers' lock, catches up on frames other processes appended, decides
+//! its records against the index (the precondition check), appends them as one frame, folds
+//! them and bumps the change counter. A read catches up without the lock: frames are never
+//! rewritten, and a partial frame at the end is invisible until it is whole. A process that
+//! saw the files at the counter's current value skips catching up altogether.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use silo_engine::frame::MAX_PAYLOAD;
-use silo_engine::{Dir, FrameLog, LockMode, LogError, Store, StoreLock};
+use silo_engine::{Dir, FrameLog, LogError, Shared, Store, StoreLock};
 
 use super::index::{Index, ValRef};
 use super::record::{Decoder, Encoder, Rec, Span};
@@ -116,7 +117,11 @@ pub(crate) struct Committed<F> {
 #[derive(Debug)]
 pub(crate) struct Engine<D: Dir> {
     pub dir: D,
-    lock: Arc<D::File>,
+    shared: D::Shared,
+    /// The change count at which this process last saw the files whole (`None`: look).
+    seen: Option<u64>,
+    /// The writers' lock came from a holder that died: the active segment may end torn.
+    tail_unchecked: bool,
     pub index: Index,
     /// Open files by id (segments and the base the index points into).
     pub files: Vec<OpenFile<D::File>>,
@@ -156,12 +161,11 @@ impl<D: Dir> Engine<D> {
                 dir.describe("")
             )));
         }
-        let lock = Arc::new(
-            dir.open(LOCK_NAME, true)
-                .map_err(|e| io_error("opening the lock file", &dir.describe(LOCK_NAME), e))?
-                .ok_or_else(|| Error::config("the lock file vanished while it was created"))?,
-        );
-        let _held = lock_exclusive(&*lock, busy_timeout, || dir.describe(LOCK_NAME))?;
+        let shared = dir
+            .open_shared(LOCK_NAME)
+            .map_err(|e| io_error("opening the shared page", &dir.describe(LOCK_NAME), e))?;
+        let _held = lock_writers(&shared, busy_timeout, || dir.describe(LOCK_NAME))?.guard;
+        let changes = shared.changes();
         check_format(&dir)?;
         let base = read_current(&dir)?;
         let placeholder = Arc::new(
@@ -171,7 +175,9 @@ impl<D: Dir> Engine<D> {
         );
         let mut engine = Engine {
             dir,
-            lock: lock.clone(),
+            shared,
+            seen: None,
+            tail_unchecked: false,
             index: Index::default(),
             files: Vec::new(),
             active: FrameLog::attach(placeholder, 1),
@@ -187,6 +193,7 @@ impl<D: Dir> Engine<D> {
         };
         engine.load(base, true)?;
         engine.remove_strays()?;
+        engine.seen = Some(changes);
         Ok(engine)
     }
 
@@ -312,6 +319,12 @@ impl<D: Dir> Engine<D> {
     /// Folds the frames appended since this process last looked, following seals into the
     /// next segment; a `writer` (holding the exclusive lock) cuts a torn tail.
     pub fn catch_up(&mut self, writer: bool) -> Result<()> {
+        // Read before looking: whatever changed after it is looked at next time.
+        let changes = self.shared.changes();
+        let tail_unchecked = writer && self.tail_unchecked;
+        if self.seen == Some(changes) && !self.poisoned && !tail_unchecked {
+            return Ok(());
+        }
         let outcome = if self.poisoned {
             self.poisoned = false;
             read_current(&self.dir).and_then(|base| self.load(base, writer))
@@ -321,7 +334,23 @@ impl<D: Dir> Engine<D> {
         // A failure between or inside frames may leave the index half-way: the next
         // operation rebuilds it from the files.
         self.poisoned |= outcome.is_err();
+        self.seen = outcome.is_ok().then_some(changes);
+        if writer && outcome.is_err() {
+            // A writer's failed catch-up may have cut the tail half-way: everyone looks again.
+            self.shared.bump();
+        }
+        if tail_unchecked && outcome.is_ok() {
+            self.tail_unchecked = false;
+        }
         outcome
+    }
+
+    /// Records a change to the files (under the writers' lock) in the shared counter, so
+    /// every process looks again. This process's view stays current only when it was
+    /// current before and the change succeeded.
+    fn changed(&mut self, ok: bool) {
+        let now = self.shared.bump();
+        self.seen = (ok && self.seen == Some(now.wrapping_sub(1))).then_some(now);
     }
 
     fn catch_up_frames(&mut self, writer: bool) -> Result<()> {
@@ -457,7 +486,9 @@ impl<D: Dir> Engine<D> {
             )));
         }
         // Under the exclusive lock, caught up since it was taken (`FsStore::write`).
-        let frame = self.active.append_caught_up(&txn.enc.buf).map_err(|e| {
+        let appended = self.active.append_caught_up(&txn.enc.buf);
+        self.changed(appended.is_ok());
+        let frame = appended.map_err(|e| {
             io_error(
                 "appending to the log",
                 &self.dir.describe(&self.active_name),
@@ -502,7 +533,9 @@ impl<D: Dir> Engine<D> {
     /// has grown past the base (the caller holds the exclusive lock and committed).
     pub fn maintain(&mut self) -> Result<()> {
         if self.active.end() >= self.tuning.segment_bytes {
-            self.seal()?;
+            let sealed = self.seal();
+            self.changed(sealed.is_ok());
+            sealed?;
         }
         let log_bytes = self.sealed_bytes + self.active.end();
         if log_bytes > self.tuning.compact_min_bytes.max(self.base_bytes) {
@@ -558,6 +591,7 @@ impl<D: Dir> Engine<D> {
     pub fn compact(&mut self) -> Result<()> {
         let outcome = self.compact_now();
         self.poisoned |= outcome.is_err();
+        self.changed(outcome.is_ok());
         outcome
     }
 
@@ -618,8 +652,11 @@ impl<D: Dir> Engine<D> {
     }
 
     /// Takes the writers' lock, waiting up to `timeout`.
-    pub fn lock_exclusive(&self, timeout: Duration) -> Result<StoreLock> {
-        lock_exclusive(&*self.lock, timeout, || self.dir.describe(LOCK_NAME))
+    pub fn lock_exclusive(&mut self, timeout: Duration) -> Result<StoreLock> {
+        let locked = lock_writers(&self.shared, timeout, || self.dir.describe(LOCK_NAME))?;
+        // A writer that died may have left a torn frame: the next catch-up looks at the tail.
+        self.tail_unchecked |= locked.owner_died;
+        Ok(locked.guard)
     }
 
     /// A value's bytes, from the pending transaction or from its file.
@@ -846,41 +883,22 @@ fn log_error(e: LogError, where_: &str) -> Error {
     }
 }
 
-fn lock_exclusive<S: Store>(
-    lock: &S,
+fn lock_writers<S: Shared>(
+    shared: &S,
     timeout: Duration,
     where_: impl Fn() -> String,
-) -> Result<StoreLock> {
-    let io = |e| io_error("taking the store lock", &where_(), e);
-    if let Some(held) = lock.try_lock(LockMode::Exclusive).map_err(io)? {
-        return Ok(held);
-    }
-    // Another process writes: its operation takes microseconds, so spin briefly, then back
-    // off. A process stopped while holding the lock surfaces as Unavailable, not a hang.
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_micros(2);
-    loop {
-        for _ in 0..8 {
-            std::thread::yield_now();
-            if let Some(held) = lock.try_lock(LockMode::Exclusive).map_err(io)? {
-                return Ok(held);
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(Error::Unavailable {
-                message: format!(
-                    "another process held the store lock {} for longer than {timeout:?} \
-                     (busy_timeout_ms)",
-                    where_()
-                ),
-            });
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(2));
-        if let Some(held) = lock.try_lock(LockMode::Exclusive).map_err(io)? {
-            return Ok(held);
-        }
-    }
+) -> Result<silo_engine::Locked> {
+    let locked = shared
+        .lock(timeout)
+        .map_err(|e| io_error("taking the writers' lock", &where_(), e))?;
+    // A process stopped while holding the lock surfaces as Unavailable, not a hang.
+    locked.ok_or_else(|| Error::Unavailable {
+        message: format!(
+            "another process held the writers' lock of {} for longer than {timeout:?} \
+             (busy_timeout_ms)",
+            where_()
+        ),
+    })
 }
 
 fn read_small_file<D: Dir>(dir: &D, name: &str) -> Result<Option<Vec<u8>>> {

@@ -1,0 +1,404 @@
+//! The page every process of one store shares, as SQLite's `-shm` file is: the writers' lock
+//! and a change counter. A write takes the lock, and after changing any file bumps the
+//! counter; a process whose last look at the files was at the current count knows it is up
+//! to date without asking the file system (no `fstat`, no `flock` on the hot path).
+//!
+//! [`SharedFile`] maps a small file and keeps a robust, process-shared pthread mutex in it:
+//! taking it uncontended is one atomic instruction, waiting sleeps on a futex (no polling),
+//! and the kernel hands it on with `EOWNERDEAD` when its holder dies, so the next writer
+//! knows to check the log's tail. The page holds no durable state: every process holds a
+//! shared `flock` on the file for as long as it has it mapped, and the first process to open
+//! a store nobody has open initialises the page afresh (a page left "locked" by a machine
+//! crash is never trusted). [`MemShared`] is the same in memory, for tests.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::store::StoreLock;
+
+/// The writers' lock and change counter of one store, shared by every process that has it
+/// open.
+pub trait Shared: Send + Sync + fmt::Debug + 'static {
+    /// Takes the writers' lock, waiting up to `timeout`; `None` when it did not come free.
+    fn lock(&self, timeout: Duration) -> io::Result<Option<Locked>>;
+
+    /// The change counter.
+    fn changes(&self) -> u64;
+
+    /// Bumps the change counter and returns its new value. Only under the lock.
+    fn bump(&self) -> u64;
+}
+
+/// The writers' lock, held.
+#[derive(Debug)]
+pub struct Locked {
+    /// Releases the lock when dropped, on the thread that took it.
+    pub guard: StoreLock,
+    /// The previous holder died holding it: the files may end in a torn write.
+    pub owner_died: bool,
+}
+
+// ---------------------------------------------------------------------------- SharedFile
+
+const PAGE_BYTES: usize = 4096;
+/// Marks an initialised page; changes whenever the layout does.
+const MAGIC: u64 = u64::from_le_bytes(*b"silopg01");
+
+#[repr(C)]
+struct Page {
+    magic: AtomicU64,
+    changes: AtomicU64,
+    mutex: std::cell::UnsafeCell<libc::pthread_mutex_t>,
+}
+
+const _: () = assert!(std::mem::size_of::<Page>() <= PAGE_BYTES);
+
+/// A mapped page file (see the module doc).
+#[derive(Clone)]
+pub struct SharedFile {
+    map: Arc<Mapping>,
+}
+
+struct Mapping {
+    page: *mut Page,
+    /// Holds the shared `flock` that marks this process as a user of the page.
+    _file: File,
+    path: String,
+}
+
+// SAFETY: the page is process-shared memory designed for concurrent use: its counters are
+// atomics and its mutex is a process-shared pthread mutex, both safe from any thread.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `page` is the mapping of PAGE_BYTES this struct created and nobody else
+        // unmaps; every guard holds an Arc of this mapping, so none outlives it.
+        unsafe {
+            libc::munmap(self.page.cast(), PAGE_BYTES);
+        }
+    }
+}
+
+impl fmt::Debug for SharedFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedFile")
+            .field("path", &self.map.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn flock(file: &File, op: libc::c_int) -> io::Result<bool> {
+    loop {
+        // SAFETY: flock on a descriptor owned by `file` for the whole call.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) if op & libc::LOCK_NB != 0 => return Ok(false),
+            _ => return Err(e),
+        }
+    }
+}
+
+fn check(rc: libc::c_int, what: &str) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::Error::from_raw_os_error(rc).kind(),
+            format!("{what}: {}", io::Error::from_raw_os_error(rc)),
+        ))
+    }
+}
+
+impl SharedFile {
+    /// Opens (creating, 0600) the page file at `path` and maps it, initialising the page
+    /// when no other process has it open.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+        let describe = path.display().to_string();
+        // A page that someone initialises right now is ready within microseconds; a page
+        // without its magic under a shared lock was left by a creator that died.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if flock(&file, libc::LOCK_EX | libc::LOCK_NB)? {
+                // Nobody else has the store open: whatever the page says is stale.
+                if file.metadata()?.len() < PAGE_BYTES as u64 {
+                    file.set_len(PAGE_BYTES as u64)?;
+                }
+                let page = map(&file)?;
+                // SAFETY: `page` is a fresh mapping of PAGE_BYTES; no other process maps it
+                // while we hold the exclusive flock, so initialising the mutex races nobody.
+                let ready = unsafe { init(page) };
+                // Converting to shared releases first: an opener in between finds the page
+                // initialised (or, holding the exclusive lock itself, initialises it again
+                // before anyone uses it).
+                let shared = ready.and_then(|()| flock(&file, libc::LOCK_SH).map(|_| ()));
+                if let Err(e) = shared {
+                    // SAFETY: unmapping the mapping made above, used by nothing else.
+                    unsafe { libc::munmap(page.cast(), PAGE_BYTES) };
+                    return Err(e);
+                }
+                return Ok(SharedFile {
+                    map: Arc::new(Mapping {
+                        page,
+                        _file: file,
+                        path: describe,
+                    }),
+                });
+            }
+            flock(&file, libc::LOCK_SH)?;
+            if file.metadata()?.len() >= PAGE_BYTES as u64 {
+                let page = map(&file)?;
+                // SAFETY: the mapping is PAGE_BYTES long; the magic is an atomic.
+                if unsafe { (*page).magic.load(Ordering::Acquire) } == MAGIC {
+                    return Ok(SharedFile {
+                        map: Arc::new(Mapping {
+                            page,
+                            _file: file,
+                            path: describe,
+                        }),
+                    });
+                }
+                // SAFETY: unmapping the mapping made above, used by nothing else.
+                unsafe { libc::munmap(page.cast(), PAGE_BYTES) };
+            }
+            flock(&file, libc::LOCK_UN)?;
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "{describe} stays uninitialised while other processes hold it open; \
+                         stop the processes using this store (or a silo older than this \
+                         one) and open it again"
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn page(&self) -> &Page {
+        // SAFETY: the mapping lives as long as `self.map`, and every field is either atomic
+        // or behind an UnsafeCell reached only through the pthread calls.
+        unsafe { &*self.map.page }
+    }
+}
+
+fn map(file: &File) -> io::Result<*mut Page> {
+    // SAFETY: mapping PAGE_BYTES of a file at least that long, shared, at an address the
+    // kernel picks; the result is checked before use.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            PAGE_BYTES,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ptr.cast())
+}
+
+/// Initialises the page: counter zero, a fresh robust process-shared error-checking mutex,
+/// then the magic.
+///
+/// # Safety
+/// `page` maps PAGE_BYTES that no other process uses while this runs.
+unsafe fn init(page: *mut Page) -> io::Result<()> {
+    // SAFETY: per the contract, the page is ours alone; the attribute object lives on this
+    // stack frame and is destroyed before returning.
+    unsafe {
+        (*page).magic.store(0, Ordering::Release);
+        (*page).changes.store(0, Ordering::Release);
+        let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
+        check(
+            libc::pthread_mutexattr_init(attr.as_mut_ptr()),
+            "pthread_mutexattr_init",
+        )?;
+        let attr = attr.as_mut_ptr();
+        let made = check(
+            libc::pthread_mutexattr_setpshared(attr, libc::PTHREAD_PROCESS_SHARED),
+            "pthread_mutexattr_setpshared",
+        )
+        .and_then(|()| {
+            check(
+                libc::pthread_mutexattr_setrobust(attr, libc::PTHREAD_MUTEX_ROBUST),
+                "pthread_mutexattr_setrobust",
+            )
+        })
+        .and_then(|()| {
+            check(
+                libc::pthread_mutexattr_settype(attr, libc::PTHREAD_MUTEX_ERRORCHECK),
+                "pthread_mutexattr_settype",
+            )
+        })
+        .and_then(|()| {
+            check(
+                libc::pthread_mutex_init((*page).mutex.get(), attr),
+                "pthread_mutex_init",
+            )
+        });
+        libc::pthread_mutexattr_destroy(attr);
+        made?;
+        (*page).magic.store(MAGIC, Ordering::Release);
+    }
+    Ok(())
+}
+
+impl Shared for SharedFile {
+    fn lock(&self, timeout: Duration) -> io::Result<Option<Locked>> {
+        let mutex = self.page().mutex.get();
+        // SAFETY: `mutex` was initialised (the magic is set) and lives as long as the
+        // mapping; `now` is a valid timespec to fill.
+        let rc = unsafe {
+            match libc::pthread_mutex_trylock(mutex) {
+                libc::EBUSY => {
+                    let mut now = std::mem::zeroed::<libc::timespec>();
+                    libc::clock_gettime(libc::CLOCK_REALTIME, &mut now);
+                    let deadline = add(now, timeout);
+                    libc::pthread_mutex_timedlock(mutex, &deadline)
+                }
+                rc => rc,
+            }
+        };
+        let owner_died = match rc {
+            0 => false,
+            libc::EOWNERDEAD => {
+                // SAFETY: we hold the mutex (EOWNERDEAD grants it); marking it consistent
+                // is what lets it be used again after we unlock.
+                check(
+                    unsafe { libc::pthread_mutex_consistent(mutex) },
+                    "pthread_mutex_consistent",
+                )?;
+                true
+            }
+            libc::ETIMEDOUT => return Ok(None),
+            libc::EDEADLK => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "this thread already holds the writers' lock of {} through another \
+                         handle of the same store; use one handle per thread",
+                        self.map.path
+                    ),
+                ));
+            }
+            libc::ENOTRECOVERABLE => {
+                return Err(io::Error::other(format!(
+                    "the writers' lock in {} is unrecoverable; stop every process using the \
+                     store and open it again (the page is rebuilt)",
+                    self.map.path
+                )));
+            }
+            rc => return check(rc, "pthread_mutex_lock").map(|()| None),
+        };
+        let map = self.map.clone();
+        Ok(Some(Locked {
+            guard: StoreLock::new(move || {
+                // SAFETY: this guard is released on the thread that took the lock (the
+                // engine never hands a held lock to another thread); the mapping is kept
+                // alive by the Arc this closure owns.
+                unsafe {
+                    libc::pthread_mutex_unlock((*map.page).mutex.get());
+                }
+            }),
+            owner_died,
+        }))
+    }
+
+    fn changes(&self) -> u64 {
+        self.page().changes.load(Ordering::Acquire)
+    }
+
+    fn bump(&self) -> u64 {
+        self.page().changes.fetch_add(1, Ordering::AcqRel) + 1
+    }
+}
+
+fn add(now: libc::timespec, by: Duration) -> libc::timespec {
+    let nanos = now.tv_nsec as u64 + u64::from(by.subsec_nanos());
+    let secs = (now.tv_sec as u64)
+        .saturating_add(by.as_secs())
+        .saturating_add(nanos / 1_000_000_000)
+        .min(libc::time_t::MAX as u64);
+    libc::timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: (nanos % 1_000_000_000) as _,
+    }
+}
+
+// ----------------------------------------------------------------------------- MemShared
+
+/// The page in memory: clones share it, as processes opening one store do. A guard dropped
+/// by a test that simulates a crash releases it normally.
+#[derive(Clone, Debug, Default)]
+pub struct MemShared {
+    inner: Arc<MemPage>,
+}
+
+#[derive(Debug, Default)]
+struct MemPage {
+    locked: Mutex<bool>,
+    freed: Condvar,
+    changes: AtomicU64,
+}
+
+impl Shared for MemShared {
+    fn lock(&self, timeout: Duration) -> io::Result<Option<Locked>> {
+        let deadline = Instant::now() + timeout;
+        let mut locked = self.inner.locked.lock();
+        while *locked {
+            if self
+                .inner
+                .freed
+                .wait_until(&mut locked, deadline)
+                .timed_out()
+                && *locked
+            {
+                return Ok(None);
+            }
+        }
+        *locked = true;
+        let page = self.inner.clone();
+        Ok(Some(Locked {
+            guard: StoreLock::new(move || {
+                *page.locked.lock() = false;
+                page.freed.notify_one();
+            }),
+            owner_died: false,
+        }))
+    }
+
+    fn changes(&self) -> u64 {
+        self.inner.changes.load(Ordering::Acquire)
+    }
+
+    fn bump(&self) -> u64 {
+        self.inner.changes.fetch_add(1, Ordering::AcqRel) + 1
+    }
+}
