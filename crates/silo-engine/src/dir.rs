@@ -156,6 +156,9 @@ impl MemDir {
         for file in self.files.lock().values() {
             file.power_loss();
         }
+        // The shared pages lived in memory that a power loss clears; the processes that
+        // mapped them are gone too.
+        self.shared.lock().clear();
     }
 
     /// The image named `name`, if present.

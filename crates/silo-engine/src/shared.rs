@@ -1,7 +1,10 @@
 //! The page every process of one store shares, as SQLite's `-shm` file is: the writers' lock
-//! and a change counter. A write takes the lock, and after changing any file bumps the
-//! counter; a process whose last look at the files was at the current count knows it is up
-//! to date without asking the file system (no `fstat`, no `flock` on the hot path).
+//! and a change counter, and the sync lock with how far the log is known durable. A write
+//! takes the writers' lock, and after changing any file bumps the counter; a process whose
+//! last look at the files was at the current count knows it is up to date without asking
+//! the file system (no `fstat`, no `flock` on the hot path). Under `sync=full` one fsync at a
+//! time runs under the sync lock and records what it covered, so writers in any process that
+//! waited for it find their frame durable already (group commit across processes).
 //!
 //! [`SharedFile`] maps a small file and keeps a robust, process-shared pthread mutex in it:
 //! taking it uncontended is one atomic instruction, waiting sleeps on a futex (no polling),
@@ -25,17 +28,52 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::store::StoreLock;
 
-/// The writers' lock and change counter of one store, shared by every process that has it
-/// open.
+/// The locks of one store's shared page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageLock {
+    /// Held by a write for its whole operation.
+    Writers = 0,
+    /// Held by one fsync at a time and while reading or recording [`Shared::synced`].
+    Sync = 1,
+}
+
+/// The locks and counters of one store, shared by every process that has it open.
 pub trait Shared: Send + Sync + fmt::Debug + 'static {
-    /// Takes the writers' lock, waiting up to `timeout`; `None` when it did not come free.
-    fn lock(&self, timeout: Duration) -> io::Result<Option<Locked>>;
+    /// Takes `which` lock, waiting up to `timeout`; `None` when it did not come free.
+    fn lock(&self, which: PageLock, timeout: Duration) -> io::Result<Option<Locked>>;
 
     /// The change counter.
     fn changes(&self) -> u64;
 
-    /// Bumps the change counter and returns its new value. Only under the lock.
+    /// Bumps the change counter and returns its new value. Only under the writers' lock.
     fn bump(&self) -> u64;
+
+    /// Counts cuts of the log's tail (bytes of a failed or dead writer's frame removed).
+    /// Only under the writers' lock.
+    fn cut(&self);
+
+    /// How many cuts there were.
+    fn cuts(&self) -> u64;
+
+    /// How far the log was last known durable, as recorded: `(segment, end, cuts)`, where
+    /// `cuts` was read before the end was. A record from before a later cut may count bytes
+    /// that were cut and written anew, so it only holds while `cuts` is unchanged. Only under
+    /// the sync lock.
+    fn synced(&self) -> Synced;
+
+    /// Records how far the log is known durable. Only under the sync lock.
+    fn set_synced(&self, synced: Synced);
+}
+
+/// How far the log was made durable, see [`Shared::synced`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Synced {
+    /// The segment (its first frame number).
+    pub segment: u64,
+    /// Every byte before this offset in that segment.
+    pub end: u64,
+    /// The cut count read before `end` was.
+    pub cuts: u64,
 }
 
 /// The writers' lock, held.
@@ -51,13 +89,18 @@ pub struct Locked {
 
 const PAGE_BYTES: usize = 4096;
 /// Marks an initialised page; changes whenever the layout does.
-const MAGIC: u64 = u64::from_le_bytes(*b"silopg01");
+const MAGIC: u64 = u64::from_le_bytes(*b"silopg02");
 
 #[repr(C)]
 struct Page {
     magic: AtomicU64,
     changes: AtomicU64,
-    mutex: std::cell::UnsafeCell<libc::pthread_mutex_t>,
+    cuts: AtomicU64,
+    synced_segment: AtomicU64,
+    synced_end: AtomicU64,
+    synced_cuts: AtomicU64,
+    /// By [`PageLock`].
+    mutexes: [std::cell::UnsafeCell<libc::pthread_mutex_t>; 2],
 }
 
 const _: () = assert!(std::mem::size_of::<Page>() <= PAGE_BYTES);
@@ -224,7 +267,7 @@ fn map(file: &File) -> io::Result<*mut Page> {
     Ok(ptr.cast())
 }
 
-/// Initialises the page: counter zero, a fresh robust process-shared error-checking mutex,
+/// Initialises the page: counters zero, fresh robust process-shared error-checking mutexes,
 /// then the magic.
 ///
 /// # Safety
@@ -235,6 +278,10 @@ unsafe fn init(page: *mut Page) -> io::Result<()> {
     unsafe {
         (*page).magic.store(0, Ordering::Release);
         (*page).changes.store(0, Ordering::Release);
+        (*page).cuts.store(0, Ordering::Release);
+        (*page).synced_segment.store(0, Ordering::Release);
+        (*page).synced_end.store(0, Ordering::Release);
+        (*page).synced_cuts.store(0, Ordering::Release);
         let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
         check(
             libc::pthread_mutexattr_init(attr.as_mut_ptr()),
@@ -258,10 +305,13 @@ unsafe fn init(page: *mut Page) -> io::Result<()> {
             )
         })
         .and_then(|()| {
-            check(
-                libc::pthread_mutex_init((*page).mutex.get(), attr),
-                "pthread_mutex_init",
-            )
+            for mutex in &(*page).mutexes {
+                check(
+                    libc::pthread_mutex_init(mutex.get(), attr),
+                    "pthread_mutex_init",
+                )?;
+            }
+            Ok(())
         });
         libc::pthread_mutexattr_destroy(attr);
         made?;
@@ -271,8 +321,8 @@ unsafe fn init(page: *mut Page) -> io::Result<()> {
 }
 
 impl Shared for SharedFile {
-    fn lock(&self, timeout: Duration) -> io::Result<Option<Locked>> {
-        let mutex = self.page().mutex.get();
+    fn lock(&self, which: PageLock, timeout: Duration) -> io::Result<Option<Locked>> {
+        let mutex = self.page().mutexes[which as usize].get();
         // SAFETY: `mutex` was initialised (the magic is set) and lives as long as the
         // mapping; `now` is a valid timespec to fill.
         let rc = unsafe {
@@ -302,7 +352,7 @@ impl Shared for SharedFile {
                 return Err(io::Error::new(
                     io::ErrorKind::WouldBlock,
                     format!(
-                        "this thread already holds the writers' lock of {} through another \
+                        "this thread already holds the {which:?} lock of {} through another \
                          handle of the same store; use one handle per thread",
                         self.map.path
                     ),
@@ -310,7 +360,7 @@ impl Shared for SharedFile {
             }
             libc::ENOTRECOVERABLE => {
                 return Err(io::Error::other(format!(
-                    "the writers' lock in {} is unrecoverable; stop every process using the \
+                    "the {which:?} lock in {} is unrecoverable; stop every process using the \
                      store and open it again (the page is rebuilt)",
                     self.map.path
                 )));
@@ -324,7 +374,7 @@ impl Shared for SharedFile {
                 // engine never hands a held lock to another thread); the mapping is kept
                 // alive by the Arc this closure owns.
                 unsafe {
-                    libc::pthread_mutex_unlock((*map.page).mutex.get());
+                    libc::pthread_mutex_unlock((*map.page).mutexes[which as usize].get());
                 }
             }),
             owner_died,
@@ -337,6 +387,30 @@ impl Shared for SharedFile {
 
     fn bump(&self) -> u64 {
         self.page().changes.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    fn cut(&self) {
+        self.page().cuts.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn cuts(&self) -> u64 {
+        self.page().cuts.load(Ordering::Acquire)
+    }
+
+    fn synced(&self) -> Synced {
+        let page = self.page();
+        Synced {
+            segment: page.synced_segment.load(Ordering::Acquire),
+            end: page.synced_end.load(Ordering::Acquire),
+            cuts: page.synced_cuts.load(Ordering::Acquire),
+        }
+    }
+
+    fn set_synced(&self, synced: Synced) {
+        let page = self.page();
+        page.synced_segment.store(synced.segment, Ordering::Release);
+        page.synced_end.store(synced.end, Ordering::Release);
+        page.synced_cuts.store(synced.cuts, Ordering::Release);
     }
 }
 
@@ -363,32 +437,35 @@ pub struct MemShared {
 
 #[derive(Debug, Default)]
 struct MemPage {
-    locked: Mutex<bool>,
-    freed: Condvar,
+    locks: [MemLock; 2],
     changes: AtomicU64,
+    cuts: AtomicU64,
+    synced: Mutex<Synced>,
+}
+
+#[derive(Debug, Default)]
+struct MemLock {
+    held: Mutex<bool>,
+    freed: Condvar,
 }
 
 impl Shared for MemShared {
-    fn lock(&self, timeout: Duration) -> io::Result<Option<Locked>> {
+    fn lock(&self, which: PageLock, timeout: Duration) -> io::Result<Option<Locked>> {
         let deadline = Instant::now() + timeout;
-        let mut locked = self.inner.locked.lock();
-        while *locked {
-            if self
-                .inner
-                .freed
-                .wait_until(&mut locked, deadline)
-                .timed_out()
-                && *locked
-            {
+        let lock = &self.inner.locks[which as usize];
+        let mut held = lock.held.lock();
+        while *held {
+            if lock.freed.wait_until(&mut held, deadline).timed_out() && *held {
                 return Ok(None);
             }
         }
-        *locked = true;
+        *held = true;
         let page = self.inner.clone();
         Ok(Some(Locked {
             guard: StoreLock::new(move || {
-                *page.locked.lock() = false;
-                page.freed.notify_one();
+                let lock = &page.locks[which as usize];
+                *lock.held.lock() = false;
+                lock.freed.notify_one();
             }),
             owner_died: false,
         }))
@@ -400,5 +477,21 @@ impl Shared for MemShared {
 
     fn bump(&self) -> u64 {
         self.inner.changes.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    fn cut(&self) {
+        self.inner.cuts.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn cuts(&self) -> u64 {
+        self.inner.cuts.load(Ordering::Acquire)
+    }
+
+    fn synced(&self) -> Synced {
+        *self.inner.synced.lock()
+    }
+
+    fn set_synced(&self, synced: Synced) {
+        *self.inner.synced.lock() = synced;
     }
 }

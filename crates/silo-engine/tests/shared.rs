@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use silo_engine::{Shared, SharedFile};
+use silo_engine::{PageLock, Shared, SharedFile};
 
 const HOLDER_PAGE: &str = "SILO_TEST_SHARED_PAGE";
 
@@ -18,7 +18,10 @@ fn holder() {
         return;
     };
     let page = SharedFile::open(Path::new(&path)).unwrap();
-    let held = page.lock(Duration::from_secs(5)).unwrap().unwrap();
+    let held = page
+        .lock(PageLock::Writers, Duration::from_secs(5))
+        .unwrap()
+        .unwrap();
     page.bump();
     println!("locked");
     std::thread::sleep(Duration::from_secs(60));
@@ -43,16 +46,24 @@ fn a_lock_held_by_a_killed_process_passes_on_marked_owner_died() {
         assert!(out.read_line(&mut line).unwrap() > 0, "the holder exited");
     }
     assert!(
-        page.lock(Duration::from_millis(50)).unwrap().is_none(),
+        page.lock(PageLock::Writers, Duration::from_millis(50))
+            .unwrap()
+            .is_none(),
         "the holder has it"
     );
     assert_eq!(page.changes(), 1, "the holder's bump is visible here");
     child.kill().unwrap();
     child.wait().unwrap();
-    let taken = page.lock(Duration::from_secs(5)).unwrap().unwrap();
+    let taken = page
+        .lock(PageLock::Writers, Duration::from_secs(5))
+        .unwrap()
+        .unwrap();
     assert!(taken.owner_died, "the next holder learns the last one died");
     drop(taken);
-    let again = page.lock(Duration::from_secs(5)).unwrap().unwrap();
+    let again = page
+        .lock(PageLock::Writers, Duration::from_secs(5))
+        .unwrap()
+        .unwrap();
     assert!(
         !again.owner_died,
         "after an orderly release it is clean again"
@@ -65,14 +76,25 @@ fn a_held_lock_waits_and_times_out_then_passes_on() {
     let path = dir.path().join("LOCK");
     let a = SharedFile::open(&path).unwrap();
     let b = SharedFile::open(&path).unwrap();
-    let held = a.lock(Duration::from_secs(1)).unwrap().unwrap();
+    let held = a
+        .lock(PageLock::Writers, Duration::from_secs(1))
+        .unwrap()
+        .unwrap();
     std::thread::scope(|s| {
         s.spawn(|| {
-            assert!(b.lock(Duration::from_millis(30)).unwrap().is_none());
+            assert!(
+                b.lock(PageLock::Writers, Duration::from_millis(30))
+                    .unwrap()
+                    .is_none()
+            );
         })
         .join()
         .unwrap();
-        let waiter = s.spawn(|| b.lock(Duration::from_secs(10)).unwrap().is_some());
+        let waiter = s.spawn(|| {
+            b.lock(PageLock::Writers, Duration::from_secs(10))
+                .unwrap()
+                .is_some()
+        });
         std::thread::sleep(Duration::from_millis(30));
         drop(held);
         assert!(
@@ -88,8 +110,13 @@ fn one_thread_taking_it_twice_is_an_error_not_a_hang() {
     let path = dir.path().join("LOCK");
     let a = SharedFile::open(&path).unwrap();
     let b = SharedFile::open(&path).unwrap();
-    let _held = a.lock(Duration::from_secs(1)).unwrap().unwrap();
-    let e = b.lock(Duration::from_secs(30)).unwrap_err();
+    let _held = a
+        .lock(PageLock::Writers, Duration::from_secs(1))
+        .unwrap()
+        .unwrap();
+    let e = b
+        .lock(PageLock::Writers, Duration::from_secs(30))
+        .unwrap_err();
     assert!(e.to_string().contains("already holds"), "{e}");
 }
 
@@ -101,14 +128,19 @@ fn a_page_nobody_has_open_is_initialised_afresh() {
     let path = dir.path().join("LOCK");
     let copy = dir.path().join("LOCK-after-a-crash");
     let page = SharedFile::open(&path).unwrap();
-    let held = page.lock(Duration::from_secs(1)).unwrap().unwrap();
+    let held = page
+        .lock(PageLock::Writers, Duration::from_secs(1))
+        .unwrap()
+        .unwrap();
     page.bump();
     std::fs::copy(&path, &copy).unwrap();
     drop(held);
     drop(page);
     let reopened = SharedFile::open(&copy).unwrap();
     assert_eq!(reopened.changes(), 0, "a fresh page starts its count again");
-    let taken = reopened.lock(Duration::from_millis(200)).unwrap();
+    let taken = reopened
+        .lock(PageLock::Writers, Duration::from_millis(200))
+        .unwrap();
     assert!(taken.is_some(), "a stale lock word was trusted");
 }
 
@@ -117,13 +149,19 @@ fn every_handle_sees_the_count_and_a_second_opener_keeps_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("LOCK");
     let a = SharedFile::open(&path).unwrap();
-    let held = a.lock(Duration::from_secs(1)).unwrap().unwrap();
+    let held = a
+        .lock(PageLock::Writers, Duration::from_secs(1))
+        .unwrap()
+        .unwrap();
     assert_eq!(a.bump(), 1);
     assert_eq!(a.bump(), 2);
     drop(held);
     let b = SharedFile::open(&path).unwrap();
     assert_eq!(b.changes(), 2, "a page in use is not reinitialised");
-    let held = b.lock(Duration::from_secs(1)).unwrap().unwrap();
+    let held = b
+        .lock(PageLock::Writers, Duration::from_secs(1))
+        .unwrap()
+        .unwrap();
     assert_eq!(b.bump(), 3);
     drop(held);
     assert_eq!(a.changes(), 3);

@@ -1,14 +1,20 @@
-//! `fs:` processes coordinating through the shared page: a writer that dies after its frame
+//! `fs:` processes coordinating through the shared page. A writer that dies after its frame
 //! landed but before it told anyone (it bumps the change counter after the append) must not
 //! leave the other processes out of step — the next writer inherits the lock marked "owner
-//! died", looks at the tail, and appends after that frame, not over it.
+//! died", looks at the tail, and appends after that frame, not over it. And the record of how
+//! far the log is durable (shared by every process's `sync=full` writers) must not vouch for
+//! bytes that were cut and written anew.
 
 use std::io;
+use std::time::Duration;
 
 use silo::FunctionStorage;
 use silo::conformance::processes::{finish, spawn};
 use silo::fs::{FsStore, FsTuning};
-use silo_engine::{Dir, FileDir, FileStore, LockMode, SharedFile, Store, StoreLock};
+use silo_engine::{
+    Dir, FaultPlan, Faults, FaultyDir, FileDir, FileStore, LockMode, MemDir, PageLock, Shared,
+    SharedFile, Store, StoreLock, Synced,
+};
 
 silo::worker_entry!(|role, url| {
     if role != "die-after-append" {
@@ -142,4 +148,62 @@ fn a_writer_dead_after_its_frame_landed_leaves_every_process_in_step() {
             "{key}"
         );
     }
+}
+
+/// Steps 1–3 of the scenario below on `dir`: a durable put, then a durability record that
+/// vouches for far more of segment 1 than was written (what a `sync=full` writer records when
+/// it measured the file while another writer's frame was half-written, before that frame was
+/// cut back).
+fn durable_put_then_an_overreaching_record(
+    dir: &MemDir,
+    faults: &Faults,
+) -> FsStore<FaultyDir<MemDir>> {
+    let options = silo::StoreOptions {
+        sync: silo::SyncMode::Full,
+        ..silo::StoreOptions::default()
+    };
+    let store = FsStore::open_in(
+        FaultyDir::sharing(dir.clone(), faults.clone()),
+        options,
+        FsTuning::default(),
+    )
+    .unwrap();
+    store.state_put(b"s", b"n", b"a", b"1").unwrap();
+    let page = dir.open_shared("LOCK").unwrap();
+    let _held = page
+        .lock(PageLock::Sync, Duration::from_secs(5))
+        .unwrap()
+        .unwrap();
+    page.set_synced(Synced {
+        segment: 1,
+        end: 1 << 40,
+        cuts: page.cuts(),
+    });
+    store
+}
+
+#[test]
+fn a_cut_tail_voids_the_durability_record_that_counted_its_bytes() {
+    let counting = Faults::never();
+    drop(durable_put_then_an_overreaching_record(
+        &MemDir::new(),
+        &counting,
+    ));
+    let dir = MemDir::new();
+    // The next mutating operation after the setup: the append of "b", cut short.
+    let faults = Faults::new(counting.seen(), FaultPlan::ShortWrite(10));
+    let store = durable_put_then_an_overreaching_record(&dir, &faults);
+    assert!(store.state_put(b"s", b"n", b"b", b"2").is_err());
+    assert!(faults.fired());
+    store.state_put(b"s", b"n", b"c", b"3").unwrap();
+    drop(store);
+    dir.power_loss();
+    let reopened =
+        FsStore::open_in(dir, silo::StoreOptions::default(), FsTuning::default()).unwrap();
+    assert_eq!(
+        reopened.state_get(b"s", b"n", b"c").unwrap().as_deref(),
+        Some(&b"3"[..]),
+        "an acknowledged sync=full put was not synced: a stale record vouched for it"
+    );
+    assert_eq!(reopened.state_get(b"s", b"n", b"b").unwrap(), None);
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use silo_engine::frame::MAX_PAYLOAD;
-use silo_engine::{Dir, FrameLog, LogError, Shared, Store, StoreLock};
+use silo_engine::{Dir, FrameLog, LogError, PageLock, Shared, Store, StoreLock};
 
 use super::index::{Index, ValRef};
 use super::record::{Decoder, Encoder, Rec, Span};
@@ -337,6 +337,7 @@ impl<D: Dir> Engine<D> {
         self.seen = outcome.is_ok().then_some(changes);
         if writer && outcome.is_err() {
             // A writer's failed catch-up may have cut the tail half-way: everyone looks again.
+            self.shared.cut();
             self.shared.bump();
         }
         if tail_unchecked && outcome.is_ok() {
@@ -349,6 +350,11 @@ impl<D: Dir> Engine<D> {
     /// every process looks again. This process's view stays current only when it was
     /// current before and the change succeeded.
     fn changed(&mut self, ok: bool) {
+        if !ok {
+            // A failed write may have cut bytes back: a durability record counting them
+            // must not vouch for what is written there next.
+            self.shared.cut();
+        }
         let now = self.shared.bump();
         self.seen = (ok && self.seen == Some(now.wrapping_sub(1))).then_some(now);
     }
@@ -362,10 +368,11 @@ impl<D: Dir> Engine<D> {
                     .map_err(|e| log_error(e, &self.dir.describe(&self.active_name)))?;
                 if writer && found.torn_bytes > 0 {
                     self.check_cut_is_a_torn_write()?;
-                    let cut = self
-                        .active
-                        .catch_up(true)
-                        .map_err(|e| log_error(e, &self.dir.describe(&self.active_name)))?;
+                    let cut = self.active.catch_up(true);
+                    // Counted after the bytes are gone (see `Shared::synced`).
+                    self.shared.cut();
+                    let cut =
+                        cut.map_err(|e| log_error(e, &self.dir.describe(&self.active_name)))?;
                     found.frames.extend(cut.frames);
                 }
                 for frame in &found.frames {
@@ -659,6 +666,11 @@ impl<D: Dir> Engine<D> {
         Ok(locked.guard)
     }
 
+    /// The page this store's processes share.
+    pub fn shared(&self) -> &D::Shared {
+        &self.shared
+    }
+
     /// A value's bytes, from the pending transaction or from its file.
     pub fn load_value(&self, r: ValRef) -> Result<Vec<u8>> {
         load_value(&self.files, self.txn.as_ref(), r, &self.dir)
@@ -889,7 +901,7 @@ fn lock_writers<S: Shared>(
     where_: impl Fn() -> String,
 ) -> Result<silo_engine::Locked> {
     let locked = shared
-        .lock(timeout)
+        .lock(PageLock::Writers, timeout)
         .map_err(|e| io_error("taking the writers' lock", &where_(), e))?;
     // A process stopped while holding the lock surfaces as Unavailable, not a hang.
     locked.ok_or_else(|| Error::Unavailable {

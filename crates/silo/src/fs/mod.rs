@@ -12,8 +12,8 @@ use std::cell::RefCell;
 use std::path::Path;
 use std::time::Duration;
 
-use parking_lot::{Mutex, ReentrantMutex};
-use silo_engine::{Dir, FileDir, Store};
+use parking_lot::ReentrantMutex;
+use silo_engine::{Dir, FileDir, PageLock, Shared, Store, Synced};
 
 pub use engine::FsTuning;
 use engine::{Committed, Engine, load_value};
@@ -34,9 +34,9 @@ pub struct FsStore<D: Dir = FileDir> {
     location: String,
     /// Reentrant so that the operations `apply_once` runs can take it again on its thread.
     engine: ReentrantMutex<RefCell<Engine<D>>>,
-    /// The last (file, end) made durable, and the lock one fsync at a time runs under, so
-    /// writers that waited for it find their frame already synced (group commit).
-    synced: Mutex<(u64, u64)>,
+    /// The page shared with the store's other processes: its sync lock and record of how
+    /// far the log is durable make one fsync serve every writer that waited for it.
+    shared: D::Shared,
 }
 
 /// The `fs:` store on a real directory.
@@ -72,8 +72,8 @@ impl<D: Dir> FsStore<D> {
         Ok(FsStore {
             location: format!("fs://{}", engine.describe()),
             options,
+            shared: engine.shared().clone(),
             engine: ReentrantMutex::new(RefCell::new(engine)),
-            synced: Mutex::new((0, 0)),
         })
     }
 
@@ -140,22 +140,43 @@ impl<D: Dir> FsStore<D> {
         Ok(value)
     }
 
-    /// Under `sync=full`, fsyncs the segment up to `c.end` unless a concurrent writer's fsync
-    /// already covered it.
+    /// Under `sync=full`, fsyncs the segment up to `c.end` unless a concurrent writer's fsync,
+    /// in this process or another, already covered it.
     fn make_durable(&self, c: Committed<D::File>) -> Result<()> {
         if self.options.sync != SyncMode::Full {
             return Ok(());
         }
-        let mut synced = self.synced.lock();
-        if synced.0 == c.segment && synced.1 >= c.end {
+        let _one_at_a_time = self
+            .shared
+            .lock(PageLock::Sync, self.options.busy_timeout)
+            .map_err(|e| engine::io_error("taking the sync lock", &self.location, e))?
+            .ok_or_else(|| Error::Unavailable {
+                message: format!(
+                    "another process held the sync lock of {} for longer than {:?} \
+                     (busy_timeout_ms)",
+                    self.location, self.options.busy_timeout
+                ),
+            })?;
+        let synced = self.shared.synced();
+        let cuts = self.shared.cuts();
+        // A later segment means this one was sealed, and a seal is synced before the chain
+        // moves on.
+        if synced.cuts == cuts
+            && (synced.segment > c.segment || (synced.segment == c.segment && synced.end >= c.end))
+        {
             return Ok(());
         }
-        // Read the end before syncing: everything appended up to it is covered.
+        // Read the end after the cut count and before syncing: everything appended up to it
+        // is covered, unless a cut after this read removes some of it (the count then moves).
         let end = c.file.len().unwrap_or(c.end);
         c.file
             .sync()
             .map_err(|e| engine::io_error("syncing a commit", &self.location, e))?;
-        *synced = (c.segment, end.max(c.end));
+        self.shared.set_synced(Synced {
+            segment: c.segment,
+            end: end.max(c.end),
+            cuts,
+        });
         Ok(())
     }
 
