@@ -13,5 +13,5 @@ pub mod store;
 
 pub use dir::{Dir, FaultyDir, FileDir, MemDir};
 pub use frame::{FrameLog, FrameRef, LogError, Recovery};
-pub use shared::{Locked, MemShared, PageLock, Shared, SharedFile, Synced};
+pub use shared::{Locked, MemShared, PageLock, Shared, SharedFile, Synced, sync_through};
 pub use store::{FaultPlan, Faults, FaultyStore, FileStore, LockMode, MemStore, Store, StoreLock};

@@ -21,7 +21,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -33,7 +33,7 @@ use crate::store::StoreLock;
 pub enum PageLock {
     /// Held by a write for its whole operation.
     Writers = 0,
-    /// Held by one fsync at a time and while reading or recording [`Shared::synced`].
+    /// Held by the one process that runs an fsync for everyone (see [`sync_through`]).
     Sync = 1,
 }
 
@@ -55,25 +55,89 @@ pub trait Shared: Send + Sync + fmt::Debug + 'static {
     /// How many cuts there were.
     fn cuts(&self) -> u64;
 
-    /// How far the log was last known durable, as recorded: `(segment, end, cuts)`, where
-    /// `cuts` was read before the end was. A record from before a later cut may count bytes
-    /// that were cut and written anew, so it only holds while `cuts` is unchanged. Only under
-    /// the sync lock.
+    /// The durability record's version: odd while it is being rewritten, and moved on by
+    /// every [`Shared::publish_synced`].
+    fn synced_version(&self) -> u32;
+
+    /// The durability record's fields as they are now (consistent only when the version
+    /// read before and after is the same even number).
     fn synced(&self) -> Synced;
 
-    /// Records how far the log is known durable. Only under the sync lock.
-    fn set_synced(&self, synced: Synced);
+    /// Rewrites the durability record and wakes every process waiting for it to move. Only
+    /// under the sync lock.
+    fn publish_synced(&self, synced: Synced);
+
+    /// Sleeps until the record's version is no longer `version`, or `timeout` passes.
+    fn wait_synced(&self, version: u32, timeout: Duration);
 }
 
-/// How far the log was made durable, see [`Shared::synced`].
+/// Makes the log durable through `end` of `segment` (its first frame number): returns at
+/// once when an fsync that any process ran already covered it; else the first waiter to get
+/// the sync lock runs `sync` (which measures the file, fsyncs it, and returns the length it
+/// measured) for everyone, and the rest wake when it records what it covered — group commit
+/// across threads and processes, with no convoy of lock hand-offs. `Ok(false)`: not done
+/// within `timeout`.
+pub fn sync_through<S: Shared + ?Sized>(
+    shared: &S,
+    segment: u64,
+    end: u64,
+    timeout: Duration,
+    mut sync: impl FnMut() -> io::Result<u64>,
+) -> io::Result<bool> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let version = shared.synced_version();
+        if version.is_multiple_of(2) {
+            let record = shared.synced();
+            if shared.synced_version() == version && record.covers(segment, end, shared.cuts()) {
+                return Ok(true);
+            }
+        }
+        if let Some(held) = shared.lock(PageLock::Sync, Duration::ZERO)? {
+            // The record is ours to read now, unless its last writer died halfway through.
+            if !held.owner_died && shared.synced().covers(segment, end, shared.cuts()) {
+                return Ok(true);
+            }
+            // The cut count is read before the length: a cut after this may remove bytes the
+            // length counts, and then the count moves and voids this record.
+            let cuts = shared.cuts();
+            let measured = sync()?;
+            shared.publish_synced(Synced {
+                segment,
+                end: measured.max(end),
+                cuts,
+            });
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        // Woken by the syncer's record; the bound only matters if it died without one.
+        shared.wait_synced(version, (deadline - now).min(Duration::from_millis(10)));
+    }
+}
+
+/// How far the log was made durable: every byte before `end` of `segment` (its first frame
+/// number), measured when the cut count was `cuts`. A record from before a later cut may count
+/// bytes that were cut and written anew, so it only holds while the count is unchanged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Synced {
     /// The segment (its first frame number).
     pub segment: u64,
     /// Every byte before this offset in that segment.
     pub end: u64,
-    /// The cut count read before `end` was.
+    /// The cut count read before `end` was measured.
     pub cuts: u64,
+}
+
+impl Synced {
+    /// Whether this record makes `end` of `segment` durable while the cut count is `cuts`.
+    /// A later segment covers every earlier one: a segment is synced when it is sealed.
+    pub fn covers(&self, segment: u64, end: u64, cuts: u64) -> bool {
+        self.cuts == cuts
+            && (self.segment > segment || (self.segment == segment && self.end >= end))
+    }
 }
 
 /// The writers' lock, held.
@@ -99,6 +163,8 @@ struct Page {
     synced_segment: AtomicU64,
     synced_end: AtomicU64,
     synced_cuts: AtomicU64,
+    /// The record's version, and the futex word its waiters sleep on.
+    synced_version: AtomicU32,
     /// By [`PageLock`].
     mutexes: [std::cell::UnsafeCell<libc::pthread_mutex_t>; 2],
 }
@@ -282,6 +348,7 @@ unsafe fn init(page: *mut Page) -> io::Result<()> {
         (*page).synced_segment.store(0, Ordering::Release);
         (*page).synced_end.store(0, Ordering::Release);
         (*page).synced_cuts.store(0, Ordering::Release);
+        (*page).synced_version.store(0, Ordering::Release);
         let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
         check(
             libc::pthread_mutexattr_init(attr.as_mut_ptr()),
@@ -397,6 +464,10 @@ impl Shared for SharedFile {
         self.page().cuts.load(Ordering::Acquire)
     }
 
+    fn synced_version(&self) -> u32 {
+        self.page().synced_version.load(Ordering::Acquire)
+    }
+
     fn synced(&self) -> Synced {
         let page = self.page();
         Synced {
@@ -406,11 +477,52 @@ impl Shared for SharedFile {
         }
     }
 
-    fn set_synced(&self, synced: Synced) {
+    fn publish_synced(&self, synced: Synced) {
         let page = self.page();
+        // Odd while rewriting, whatever a holder that died halfway left behind.
+        let odd = page.synced_version.load(Ordering::Acquire) | 1;
+        page.synced_version.store(odd, Ordering::Release);
+        std::sync::atomic::fence(Ordering::Release);
         page.synced_segment.store(synced.segment, Ordering::Release);
         page.synced_end.store(synced.end, Ordering::Release);
         page.synced_cuts.store(synced.cuts, Ordering::Release);
+        page.synced_version
+            .store(odd.wrapping_add(1), Ordering::Release);
+        // SAFETY: FUTEX_WAKE on the address of an aligned u32 inside this live shared
+        // mapping; the other arguments are unused by FUTEX_WAKE.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                page.synced_version.as_ptr(),
+                libc::FUTEX_WAKE,
+                i32::MAX,
+                std::ptr::null::<libc::timespec>(),
+                std::ptr::null::<u32>(),
+                0u32,
+            );
+        }
+    }
+
+    fn wait_synced(&self, version: u32, timeout: Duration) {
+        let timeout = libc::timespec {
+            tv_sec: timeout.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        // SAFETY: FUTEX_WAIT on the address of an aligned u32 inside this live shared
+        // mapping, with a relative timeout that lives across the call. It returns at once
+        // when the word is no longer `version`; every outcome (woken, timed out,
+        // interrupted) sends the caller back to look.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.page().synced_version.as_ptr(),
+                libc::FUTEX_WAIT,
+                version,
+                &timeout as *const libc::timespec,
+                std::ptr::null::<u32>(),
+                0u32,
+            );
+        }
     }
 }
 
@@ -440,7 +552,9 @@ struct MemPage {
     locks: [MemLock; 2],
     changes: AtomicU64,
     cuts: AtomicU64,
-    synced: Mutex<Synced>,
+    /// The record and its version; waiters sleep on `moved`.
+    synced: Mutex<(Synced, u32)>,
+    moved: Condvar,
 }
 
 #[derive(Debug, Default)]
@@ -487,11 +601,24 @@ impl Shared for MemShared {
         self.inner.cuts.load(Ordering::Acquire)
     }
 
-    fn synced(&self) -> Synced {
-        *self.inner.synced.lock()
+    fn synced_version(&self) -> u32 {
+        self.inner.synced.lock().1
     }
 
-    fn set_synced(&self, synced: Synced) {
-        *self.inner.synced.lock() = synced;
+    fn synced(&self) -> Synced {
+        self.inner.synced.lock().0
+    }
+
+    fn publish_synced(&self, synced: Synced) {
+        let mut record = self.inner.synced.lock();
+        *record = (synced, (record.1 | 1).wrapping_add(1));
+        self.inner.moved.notify_all();
+    }
+
+    fn wait_synced(&self, version: u32, timeout: Duration) {
+        let mut record = self.inner.synced.lock();
+        if record.1 == version {
+            self.inner.moved.wait_for(&mut record, timeout);
+        }
     }
 }

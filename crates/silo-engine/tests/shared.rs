@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use silo_engine::{PageLock, Shared, SharedFile};
+use silo_engine::{PageLock, Shared, SharedFile, Synced, sync_through};
 
 const HOLDER_PAGE: &str = "SILO_TEST_SHARED_PAGE";
 
@@ -168,4 +168,92 @@ fn every_handle_sees_the_count_and_a_second_opener_keeps_it() {
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn a_waiter_covered_by_another_fsync_returns_without_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("LOCK");
+    let syncer = SharedFile::open(&path).unwrap();
+    let waiter = SharedFile::open(&path).unwrap();
+    let held = syncer
+        .lock(PageLock::Sync, Duration::from_secs(1))
+        .unwrap()
+        .unwrap();
+    std::thread::scope(|s| {
+        let waiting = s.spawn(|| {
+            let mut synced_itself = 0;
+            let done = sync_through(&waiter, 7, 100, Duration::from_secs(10), || {
+                synced_itself += 1;
+                Ok(100)
+            })
+            .unwrap();
+            (done, synced_itself)
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        // The other process's fsync measured 250 bytes of segment 7 before it ran.
+        syncer.publish_synced(Synced {
+            segment: 7,
+            end: 250,
+            cuts: syncer.cuts(),
+        });
+        let (done, synced_itself) = waiting.join().unwrap();
+        assert!(done);
+        assert_eq!(synced_itself, 0, "it ran an fsync that another had covered");
+    });
+    drop(held);
+    // Past the record, or after a cut, it syncs itself.
+    let mut calls = 0;
+    assert!(
+        sync_through(&waiter, 7, 300, Duration::from_secs(1), || {
+            calls += 1;
+            Ok(300)
+        })
+        .unwrap()
+    );
+    assert_eq!(calls, 1);
+    let held = waiter
+        .lock(PageLock::Writers, Duration::from_secs(1))
+        .unwrap()
+        .unwrap();
+    waiter.cut();
+    drop(held);
+    assert!(
+        sync_through(&waiter, 7, 10, Duration::from_secs(1), || {
+            calls += 1;
+            Ok(300)
+        })
+        .unwrap()
+    );
+    assert_eq!(
+        calls, 2,
+        "a record from before a cut vouched for rewritten bytes"
+    );
+    assert_eq!(
+        syncer.synced(),
+        Synced {
+            segment: 7,
+            end: 300,
+            cuts: 1
+        }
+    );
+}
+
+#[test]
+fn a_waiter_times_out_while_the_syncer_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("LOCK");
+    let syncer = SharedFile::open(&path).unwrap();
+    let waiter = SharedFile::open(&path).unwrap();
+    let _held = syncer
+        .lock(PageLock::Sync, Duration::from_secs(1))
+        .unwrap()
+        .unwrap();
+    std::thread::scope(|s| {
+        let done = s
+            .spawn(|| sync_through(&waiter, 1, 10, Duration::from_millis(50), || Ok(10)).unwrap())
+            .join()
+            .unwrap();
+        assert!(!done);
+    });
 }

@@ -174,7 +174,7 @@ fn durable_put_then_an_overreaching_record(
         .lock(PageLock::Sync, Duration::from_secs(5))
         .unwrap()
         .unwrap();
-    page.set_synced(Synced {
+    page.publish_synced(Synced {
         segment: 1,
         end: 1 << 40,
         cuts: page.cuts(),

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use parking_lot::ReentrantMutex;
-use silo_engine::{Dir, FileDir, PageLock, Shared, Store, Synced};
+use silo_engine::{Dir, FileDir, Store, sync_through};
 
 pub use engine::FsTuning;
 use engine::{Committed, Engine, load_value};
@@ -146,37 +146,28 @@ impl<D: Dir> FsStore<D> {
         if self.options.sync != SyncMode::Full {
             return Ok(());
         }
-        let _one_at_a_time = self
-            .shared
-            .lock(PageLock::Sync, self.options.busy_timeout)
-            .map_err(|e| engine::io_error("taking the sync lock", &self.location, e))?
-            .ok_or_else(|| Error::Unavailable {
+        let done = sync_through(
+            &self.shared,
+            c.segment,
+            c.end,
+            self.options.busy_timeout,
+            || {
+                // Measured before syncing: everything appended up to it is covered.
+                let end = c.file.len()?;
+                c.file.sync()?;
+                Ok(end)
+            },
+        )
+        .map_err(|e| engine::io_error("syncing a commit", &self.location, e))?;
+        if !done {
+            return Err(Error::Unavailable {
                 message: format!(
                     "another process held the sync lock of {} for longer than {:?} \
                      (busy_timeout_ms)",
                     self.location, self.options.busy_timeout
                 ),
-            })?;
-        let synced = self.shared.synced();
-        let cuts = self.shared.cuts();
-        // A later segment means this one was sealed, and a seal is synced before the chain
-        // moves on.
-        if synced.cuts == cuts
-            && (synced.segment > c.segment || (synced.segment == c.segment && synced.end >= c.end))
-        {
-            return Ok(());
+            });
         }
-        // Read the end after the cut count and before syncing: everything appended up to it
-        // is covered, unless a cut after this read removes some of it (the count then moves).
-        let end = c.file.len().unwrap_or(c.end);
-        c.file
-            .sync()
-            .map_err(|e| engine::io_error("syncing a commit", &self.location, e))?;
-        self.shared.set_synced(Synced {
-            segment: c.segment,
-            end: end.max(c.end),
-            cuts,
-        });
         Ok(())
     }
 
