@@ -82,7 +82,7 @@ impl FrameRef {
     }
 }
 
-/// What opening found.
+/// What a catch-up found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recovery {
     /// Whole frames kept.
@@ -91,7 +91,25 @@ pub struct Recovery {
     pub cut_bytes: u64,
     /// Bytes past the last whole frame that were left in place (a reader does not cut).
     pub torn_bytes: u64,
+    /// Whole frames remain past these: catch up again for the rest (one
+    /// [`FrameLog::catch_up_some`] reads about [`CATCH_UP_BYTES`], so a long backlog never sits
+    /// in memory whole).
+    pub more: bool,
+    /// The bytes read, from `bytes_at` on: the frames' payloads are sliced from here.
+    bytes: Vec<u8>,
+    bytes_at: u64,
 }
+
+impl Recovery {
+    /// The payload of one of [`Recovery::frames`], from the bytes already read.
+    pub fn payload(&self, frame: &FrameRef) -> &[u8] {
+        let start = (frame.payload_offset() - self.bytes_at) as usize;
+        &self.bytes[start..start + frame.len as usize]
+    }
+}
+
+/// About how many bytes one [`FrameLog::catch_up_some`] reads (more when one frame is larger).
+pub const CATCH_UP_BYTES: u64 = 1 << 20;
 
 /// An open frame log.
 #[derive(Debug)]
@@ -161,28 +179,54 @@ impl<S: Store> FrameLog<S> {
     /// caller holds the exclusive lock, so no append is in flight) it is cut; without, it is
     /// left for a writer to cut and not returned.
     pub fn catch_up(&mut self, cut_torn: bool) -> Result<Recovery, LogError> {
+        self.catch_up_within(cut_torn, u64::MAX)
+    }
+
+    /// [`catch_up`](Self::catch_up) reading about [`CATCH_UP_BYTES`] at most: when
+    /// [`Recovery::more`] is set, whole frames remain and nothing was judged torn yet.
+    pub fn catch_up_some(&mut self, cut_torn: bool) -> Result<Recovery, LogError> {
+        self.catch_up_within(cut_torn, CATCH_UP_BYTES)
+    }
+
+    fn catch_up_within(&mut self, cut_torn: bool, limit: u64) -> Result<Recovery, LogError> {
         let store = &self.store;
         let len = store.len()?;
+        let start = self.end;
+        // One read for the frames that are there (usually a few, or none), not two per frame.
+        let mut bytes = vec![0u8; (len - start).min(limit) as usize];
+        store.read_at(&mut bytes, start)?;
         let mut frames = Vec::new();
-        let mut offset = self.end;
+        let mut offset = start;
         let mut expected = self.next_number;
-        let mut header = [0u8; HEADER];
+        let mut more = false;
         while offset < len {
-            let rest = len - offset;
-            if rest < HEADER as u64 {
+            if offset - start >= limit {
+                more = true;
+                break;
+            }
+            if len - offset < HEADER as u64 {
                 break; // A header cut short: a torn tail.
             }
-            store.read_at(&mut header, offset)?;
-            let field = |at: usize, n: usize| &header[at..at + n];
-            let magic = u32::from_le_bytes(field(0, 4).try_into().unwrap_or_default());
-            let plen = u32::from_le_bytes(field(4, 4).try_into().unwrap_or_default());
-            let number = u64::from_le_bytes(field(8, 8).try_into().unwrap_or_default());
-            let crc = u32::from_le_bytes(field(16, 4).try_into().unwrap_or_default());
+            let at = (offset - start) as usize;
+            if at + HEADER > bytes.len() {
+                let to = ((offset - start) + HEADER as u64).min(len - start);
+                grow(store, &mut bytes, start, to)?;
+            }
+            let header = &bytes[at..at + HEADER];
+            let word = |i: usize| {
+                u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]])
+            };
+            let magic = word(0);
+            let plen = word(4);
+            let number = u64::from(word(8)) | (u64::from(word(12)) << 32);
+            let crc = word(16);
             let frame_end = offset + HEADER as u64 + u64::from(plen);
             let valid = magic == MAGIC && frame_end <= len && {
-                let mut payload = vec![0u8; plen as usize];
-                store.read_at(&mut payload, offset + HEADER as u64)?;
-                checksum(plen, number, &payload) == crc
+                if frame_end - start > bytes.len() as u64 {
+                    grow(store, &mut bytes, start, frame_end - start)?;
+                }
+                let body = at + HEADER;
+                checksum(plen, number, &bytes[body..body + plen as usize]) == crc
             };
             if !valid {
                 // Only the last append can be torn: any whole frame after this one means the
@@ -212,7 +256,7 @@ impl<S: Store> FrameLog<S> {
             expected += 1;
             offset = frame_end;
         }
-        let torn = len - offset;
+        let torn = if more { 0 } else { len - offset };
         let mut cut_bytes = 0;
         if torn > 0 && cut_torn {
             store.truncate(offset)?;
@@ -225,6 +269,9 @@ impl<S: Store> FrameLog<S> {
             frames,
             cut_bytes,
             torn_bytes: torn - cut_bytes,
+            more,
+            bytes,
+            bytes_at: start,
         })
     }
 
@@ -302,6 +349,13 @@ impl<S: Store> FrameLog<S> {
     pub fn store(&self) -> &S {
         &self.store
     }
+}
+
+/// Extends `bytes` (the image from `start` on) to `to` bytes.
+fn grow<S: Store>(store: &S, bytes: &mut Vec<u8>, start: u64, to: u64) -> io::Result<()> {
+    let have = bytes.len();
+    bytes.resize(to as usize, 0);
+    store.read_at(&mut bytes[have..], start + have as u64)
 }
 
 /// The offset of the first whole, valid frame starting in `[from, len)`, if any.

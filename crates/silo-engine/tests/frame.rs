@@ -253,3 +253,49 @@ fn concurrent_writers_on_one_file_number_every_frame_once() {
     }
     assert_eq!(next, [EACH; 4]);
 }
+
+#[test]
+fn a_long_backlog_is_read_in_bounded_steps_with_every_payload() {
+    // ~3.5 MiB of frames (some larger than one step's budget) and a torn tail.
+    let mem = MemStore::new();
+    let (mut writer, _) = FrameLog::open(mem.clone(), 1).unwrap();
+    let big = |i: u64| vec![i as u8; if i % 50 == 7 { 1_300_000 } else { 700 }];
+    let n = 1_000;
+    for i in 0..n {
+        writer.append(&big(i)).unwrap();
+    }
+    let whole = mem.len().unwrap();
+    mem.append(&[0x53, 0x4c, 0x46]).unwrap(); // the start of a frame that never finished
+    let mut reader = FrameLog::attach(mem.clone(), 1);
+    let (mut seen, mut steps) = (0u64, 0);
+    loop {
+        let found = reader.catch_up_some(true).unwrap();
+        steps += 1;
+        for frame in &found.frames {
+            assert_eq!(frame.number, seen + 1);
+            assert_eq!(
+                found.payload(frame),
+                &big(seen)[..],
+                "frame {}",
+                frame.number
+            );
+            seen += 1;
+        }
+        if !found.more {
+            assert_eq!(
+                found.cut_bytes, 3,
+                "the torn tail is judged only at the end"
+            );
+            break;
+        }
+        assert_eq!(found.cut_bytes + found.torn_bytes, 0);
+        assert!(
+            found.frames.len() < n as usize,
+            "a step read everything at once"
+        );
+    }
+    assert_eq!(seen, n);
+    assert!(steps > 3, "{steps} steps");
+    assert_eq!(reader.end(), whole);
+    assert_eq!(mem.len().unwrap(), whole);
+}

@@ -288,18 +288,27 @@ impl<D: Dir> Engine<D> {
         );
         let id = self.add_file(file.clone(), name);
         let mut log = FrameLog::attach(file.clone(), 1);
-        let found = log.catch_up(false).map_err(|e| log_error(e, &where_))?;
         let mut ended = false;
-        for frame in &found.frames {
-            let payload = log
-                .read(frame)
-                .map_err(|e| io_error("reading the base", &where_, e))?;
-            let (_, end) = fold_payload(&mut self.index, &payload, id, frame.payload_offset())
+        loop {
+            let found = log
+                .catch_up_some(false)
+                .map_err(|e| log_error(e, &where_))?;
+            for frame in &found.frames {
+                let (_, end) = fold_payload(
+                    &mut self.index,
+                    found.payload(frame),
+                    id,
+                    frame.payload_offset(),
+                )
                 .map_err(|detail| Error::Corrupt {
                     path: where_.clone(),
                     detail: format!("frame at offset {}: {detail}", frame.offset),
                 })?;
-            ended |= end;
+                ended |= end;
+            }
+            if !found.more {
+                break;
+            }
         }
         let len = file
             .len()
@@ -362,44 +371,22 @@ impl<D: Dir> Engine<D> {
     fn catch_up_frames(&mut self, writer: bool) -> Result<()> {
         loop {
             if !self.sealed {
-                let mut found = self
+                let found = self
                     .active
-                    .catch_up(false)
+                    .catch_up_some(false)
                     .map_err(|e| log_error(e, &self.dir.describe(&self.active_name)))?;
-                if writer && found.torn_bytes > 0 {
+                self.fold_found(&found)?;
+                if found.more {
+                    continue;
+                }
+                if writer && found.torn_bytes > 0 && !self.sealed {
                     self.check_cut_is_a_torn_write()?;
                     let cut = self.active.catch_up(true);
                     // Counted after the bytes are gone (see `Shared::synced`).
                     self.shared.cut();
                     let cut =
                         cut.map_err(|e| log_error(e, &self.dir.describe(&self.active_name)))?;
-                    found.frames.extend(cut.frames);
-                }
-                for frame in &found.frames {
-                    if self.sealed {
-                        return Err(Error::Corrupt {
-                            path: self.dir.describe(&self.active_name),
-                            detail: format!("frame at offset {} follows a seal", frame.offset),
-                        });
-                    }
-                    let payload = self.active.read(frame).map_err(|e| {
-                        io_error(
-                            "reading a segment",
-                            &self.dir.describe(&self.active_name),
-                            e,
-                        )
-                    })?;
-                    let (seal, _) = fold_payload(
-                        &mut self.index,
-                        &payload,
-                        self.active_id,
-                        frame.payload_offset(),
-                    )
-                    .map_err(|detail| Error::Corrupt {
-                        path: self.dir.describe(&self.active_name),
-                        detail: format!("frame at offset {}: {detail}", frame.offset),
-                    })?;
-                    self.sealed = seal;
+                    self.fold_found(&cut)?;
                 }
                 if !self.sealed {
                     return Ok(());
@@ -433,6 +420,30 @@ impl<D: Dir> Engine<D> {
             self.sealed_bytes += self.active.end();
             self.attach(file, next, name);
         }
+    }
+
+    /// Folds the frames a catch-up of the active segment found; a seal ends the segment.
+    fn fold_found(&mut self, found: &silo_engine::Recovery) -> Result<()> {
+        for frame in &found.frames {
+            if self.sealed {
+                return Err(Error::Corrupt {
+                    path: self.dir.describe(&self.active_name),
+                    detail: format!("frame at offset {} follows a seal", frame.offset),
+                });
+            }
+            let (seal, _) = fold_payload(
+                &mut self.index,
+                found.payload(frame),
+                self.active_id,
+                frame.payload_offset(),
+            )
+            .map_err(|detail| Error::Corrupt {
+                path: self.dir.describe(&self.active_name),
+                detail: format!("frame at offset {}: {detail}", frame.offset),
+            })?;
+            self.sealed = seal;
+        }
+        Ok(())
     }
 
     /// Before a writer cuts the damaged end of the active segment as a torn write: a torn
