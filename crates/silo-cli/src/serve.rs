@@ -104,6 +104,7 @@ pub fn run(args: ServeArgs, store: Option<&str>) -> Result<(), ServeError> {
         idempotency_window: Duration::from_secs(args.idempotency_window),
         limits,
         orphan_sweep,
+        inline_point_ops: !silo::syncs_every_commit(&url),
     };
     raise_fd_limit(limits.max_connections);
     let runtime = tokio::runtime::Builder::new_multi_thread()

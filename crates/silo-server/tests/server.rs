@@ -1019,3 +1019,77 @@ fn an_unkeyed_drain_keeps_no_record() {
         "no record kept"
     );
 }
+
+/// Panics inside the store on the named calls.
+#[derive(Clone, Debug)]
+struct PanicOn(&'static [&'static str]);
+
+impl silo::Layer for PanicOn {
+    fn call<T>(
+        &self,
+        op: &'static str,
+        inner: impl FnOnce() -> silo::Result<T>,
+    ) -> silo::Result<T> {
+        if self.0.contains(&op) {
+            panic!("injected panic in {op}");
+        }
+        inner()
+    }
+}
+
+#[test]
+fn a_store_that_panics_gets_an_error_reply_inline_and_on_the_pool() {
+    // kv_get is a point operation (run on the task that read it), scan runs on the blocking
+    // pool: both must answer with an error and leave the server serving.
+    for inline in [true, false] {
+        let store =
+            silo::Layered::with_layer(silo::open("memory:").unwrap(), PanicOn(&["kv_get", "scan"]));
+        let server = common::start(Config {
+            inline_point_ops: inline,
+            ..Config::new(Arc::new(store))
+        });
+        let scan = wire::encode(&StorageRequest {
+            idempotency_key: None,
+            op: StorageOp::Scan {
+                scope: Bytes(b"s".to_vec()),
+                ns: Bytes(b"n".to_vec()),
+                key: Bytes(b"k".to_vec()),
+                after_id: 0,
+                limit: 10,
+            },
+        })
+        .unwrap();
+        for body in [get_request(b"s"), scan] {
+            let (status, text) = post(&server.url(), None, &body);
+            assert_eq!(status, 500, "inline={inline}: {text}");
+            assert!(text.contains("panicked"), "inline={inline}: {text}");
+        }
+        let put = wire::encode(&StorageRequest {
+            idempotency_key: None,
+            op: StorageOp::KvPut {
+                scope: Bytes(b"s".to_vec()),
+                key: Bytes(b"k".to_vec()),
+                value: Bytes(b"v".to_vec()),
+            },
+        })
+        .unwrap();
+        assert_eq!(post(&server.url(), None, &put).0, 200, "inline={inline}");
+    }
+}
+
+#[test]
+fn the_client_reaches_a_server_by_address_and_by_host_name() {
+    // An IP address skips the resolver (no lookup thread per request); a name still resolves.
+    let server = common::start(Config::new(silo::open("memory:").unwrap()));
+    let by_address = server.url();
+    assert!(by_address.contains("127.0.0.1"), "{by_address}");
+    let by_name = by_address.replace("127.0.0.1", "localhost");
+    for url in [by_address, by_name] {
+        let client = HttpStorage::new(&url, HttpOptions::default()).unwrap();
+        client.kv_put(b"s", b"k", url.as_bytes()).unwrap();
+        assert_eq!(
+            client.kv_get(b"s", b"k").unwrap().as_deref(),
+            Some(url.as_bytes())
+        );
+    }
+}

@@ -48,7 +48,7 @@ pub use layer::{Layer, Layered, Prefix, PrefixStore};
 pub use memory::MemoryStorage;
 pub use open::{
     DEFAULT_ORPHAN_TTL, EnvConfig, default_fs_path, default_sqlite_path, default_url, from_env,
-    open, sqlite_url,
+    open, sqlite_url, syncs_every_commit,
 };
 pub use options::{Clock, StoreOptions, SyncMode};
 #[cfg(feature = "sqlite")]

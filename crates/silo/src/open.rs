@@ -8,7 +8,7 @@ use std::time::Duration;
 use url::Url;
 
 use crate::memory::MemoryStorage;
-use crate::{Error, FunctionStorage, Result, StoreOptions};
+use crate::{Error, FunctionStorage, Result, StoreOptions, SyncMode};
 
 /// The orphan TTL used when `VGI_BUFFERING_STORE_TTL_SECS` is unset: one day.
 pub const DEFAULT_ORPHAN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -45,6 +45,21 @@ pub fn open(url: &str) -> Result<Arc<dyn FunctionStorage>> {
             "unknown store URL scheme {other:?} in {url:?} (known: memory, fs, sqlite, http)"
         ))),
     }
+}
+
+/// Whether the local store at `url` makes every commit durable before it answers
+/// (`sync=full`): a server then lets many writes wait at once, so that they share fsyncs.
+pub fn syncs_every_commit(url: &str) -> bool {
+    Url::parse(url).is_ok_and(|url| {
+        url.scheme() != "http"
+            && url.scheme() != "https"
+            && url.query_pairs().any(|(name, value)| {
+                let mut options = StoreOptions::default();
+                name == "sync"
+                    && options.set(&name, &value).is_ok()
+                    && options.sync == SyncMode::Full
+            })
+    })
 }
 
 /// The [`StoreOptions`] a local store's URL query sets.
@@ -278,6 +293,18 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         EnvConfig::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn only_a_local_store_with_sync_full_syncs_every_commit() {
+        assert!(syncs_every_commit("fs:///tmp/x?sync=full"));
+        assert!(syncs_every_commit(
+            "sqlite:///tmp/x.db?max_attempts=3&sync=full"
+        ));
+        assert!(!syncs_every_commit("fs:///tmp/x"));
+        assert!(!syncs_every_commit("fs:///tmp/x?sync=normal"));
+        assert!(!syncs_every_commit("http://127.0.0.1:1?sync=full"));
+        assert!(!syncs_every_commit("not a url"));
     }
 
     #[test]
