@@ -114,6 +114,9 @@ pub(crate) struct Committed<F> {
     pub end: u64,
 }
 
+/// What finishing a write leaves: the commit's outcome and the maintenance's after it.
+pub(crate) type Finished<F> = (Result<Option<Committed<F>>>, Result<()>);
+
 #[derive(Debug)]
 pub(crate) struct Engine<D: Dir> {
     pub dir: D,
@@ -545,6 +548,17 @@ impl<D: Dir> Engine<D> {
             segment: self.active_first(),
             end: frame.end(),
         }))
+    }
+
+    /// [`Engine::commit`], then, when a frame was written, [`Engine::maintain`]: the commit's
+    /// outcome and the maintenance's, kept apart (a failed seal does not fail the write).
+    pub fn commit_and_maintain(&mut self) -> Finished<D::File> {
+        let committed = self.commit();
+        let maintained = match &committed {
+            Ok(Some(_)) => self.maintain(),
+            _ => Ok(()),
+        };
+        (committed, maintained)
     }
 
     /// Seals the active segment when it is full, and compacts when the log since the base

@@ -117,27 +117,28 @@ impl<D: Dir> FsStore<D> {
         eng.catch_up(true)?;
         eng.begin(None);
         let outcome = run_tx(&mut eng, &self.options, f);
-        let committed = match outcome {
-            Ok(_) => eng.commit(),
+        let finished = match outcome {
+            Ok(_) => eng.commit_and_maintain(),
             Err(_) => {
                 eng.txn = None;
-                Ok(None)
+                (Ok(None), Ok(()))
             }
-        };
-        let maintained = match &committed {
-            Ok(Some(_)) => eng.maintain(),
-            _ => Ok(()),
         };
         drop(held);
         drop(eng);
         drop(guard);
-        let committed = committed?;
-        let value = outcome?;
-        if let Some(c) = committed {
+        self.settle(finished)?;
+        outcome
+    }
+
+    /// After the locks are released: makes a committed frame durable, and logs a seal or
+    /// compaction that failed after it (the write stands; see [`report_maintenance`]).
+    fn settle(&self, (committed, maintained): engine::Finished<D::File>) -> Result<()> {
+        if let Some(c) = committed? {
             self.make_durable(c)?;
         }
         report_maintenance(maintained);
-        Ok(value)
+        Ok(())
     }
 
     /// Under `sync=full`, fsyncs the segment up to `c.end` unless a concurrent writer's fsync,
@@ -219,19 +220,12 @@ impl<D: Dir> FsStore<D> {
             })?;
         }
         let held = eng.txn.as_mut().and_then(|t| t.held.take());
-        let committed = eng.commit();
-        let maintained = match &committed {
-            Ok(Some(_)) => eng.maintain(),
-            _ => Ok(()),
-        };
+        let finished = eng.commit_and_maintain();
         drop(held);
         drop(eng);
         drop(rollback);
         drop(guard);
-        if let Some(c) = committed? {
-            self.make_durable(c)?;
-        }
-        report_maintenance(maintained);
+        self.settle(finished)?;
         Ok(reply)
     }
 }
