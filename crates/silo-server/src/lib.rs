@@ -101,7 +101,8 @@ fn is_point_op(op: &StorageOp) -> bool {
         | StorageOp::QueueClear { .. }
         | StorageOp::QueueDeadLetters { .. }
         | StorageOp::Sweep { .. }
-        | StorageOp::Stat { .. } => false,
+        | StorageOp::Stat { .. }
+        | StorageOp::Batch { .. } => false,
     }
 }
 
@@ -358,7 +359,18 @@ fn items_of(op: &StorageOp) -> usize {
             selection: Selection::Keys(keys),
             ..
         } => keys.len(),
+        // Each operation counts, and so do the lists inside it.
+        StorageOp::Batch { ops } => ops.0.iter().map(|op| 1 + items_of(op)).sum(),
         _ => 0,
+    }
+}
+
+/// Whether `op` reads across tenants (store-wide counts), alone or inside a batch.
+fn is_store_wide(op: &StorageOp) -> bool {
+    match op {
+        StorageOp::Stat {} => true,
+        StorageOp::Batch { ops } => ops.0.iter().any(is_store_wide),
+        _ => false,
     }
 }
 
@@ -380,7 +392,7 @@ impl App {
     ) -> silo::Result<Vec<u8>> {
         let store = &*self.config.store;
         if !prefix.is_empty() {
-            if matches!(request.op, StorageOp::Stat {}) {
+            if is_store_wide(&request.op) {
                 return Err(Error::Unauthorized {
                     message: "Stat covers every tenant; it needs the server's admin token".into(),
                 });
@@ -407,8 +419,12 @@ impl App {
         };
         let Some(key) = request.idempotency_key.as_deref() else {
             // A drain's reply is its data: when it cannot be sent, the drain must not happen,
-            // so it runs where a failure rolls it back (keyed requests always do).
-            if matches!(request.op, StorageOp::StateDrain { .. }) {
+            // so it runs where a failure rolls it back (keyed requests always do). A batch is
+            // all or nothing.
+            if matches!(
+                request.op,
+                StorageOp::StateDrain { .. } | StorageOp::Batch { .. }
+            ) {
                 let mut op = Some(request.op);
                 return store.apply_atomically(&mut |store| {
                     let op = op

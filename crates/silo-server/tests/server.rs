@@ -347,6 +347,42 @@ fn a_lost_reply_is_not_applied_twice() {
         vec![(id, b"once".to_vec())]
     );
     assert_eq!(proxy.dropped.load(Ordering::SeqCst), 4);
+
+    // A batch is one request with one key: its retry replays every reply, applies nothing.
+    client.queue_push(b"s", &[b"third".to_vec()]).unwrap();
+    proxy.drops.store(1, Ordering::SeqCst);
+    let replies = client
+        .pipeline()
+        .push(StorageOp::CounterAdd {
+            scope: b"s".into(),
+            ns: b"".into(),
+            key: b"n".into(),
+            delta: 10,
+        })
+        .push(StorageOp::QueuePop { scope: b"s".into() })
+        .push(StorageOp::Append {
+            scope: b"s".into(),
+            ns: b"".into(),
+            key: b"log".into(),
+            value: b"batched".into(),
+        })
+        .send()
+        .unwrap();
+    assert_eq!(proxy.dropped.load(Ordering::SeqCst), 5, "a reply was lost");
+    assert_eq!(
+        replies,
+        vec![
+            StorageReply::Int(15),
+            StorageReply::MaybeBytes(Some(b"third".into())),
+            StorageReply::Id(id + 1),
+        ]
+    );
+    assert_eq!(client.counter_get(b"s", b"", b"n").unwrap(), 15);
+    assert_eq!(client.queue_len(b"s").unwrap(), 0);
+    assert_eq!(
+        client.scan(b"s", b"", b"log", 0, u64::MAX).unwrap().len(),
+        2
+    );
 }
 
 #[test]

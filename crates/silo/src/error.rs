@@ -92,6 +92,49 @@ impl Error {
         }
     }
 
+    /// The same error, its message prefixed with where it happened (`what: …`); the kind is
+    /// kept, so a caller decides on a retry exactly as for the bare error.
+    pub fn within(self, what: &str) -> Self {
+        let prefixed = |message: String| format!("{what}: {message}");
+        match self {
+            Error::InvalidInput { message } => Error::InvalidInput {
+                message: prefixed(message),
+            },
+            Error::Config { message } => Error::Config {
+                message: prefixed(message),
+            },
+            Error::Unauthorized { message } => Error::Unauthorized {
+                message: prefixed(message),
+            },
+            Error::Unavailable { message } => Error::Unavailable {
+                message: prefixed(message),
+            },
+            Error::Conflict { message } => Error::Conflict {
+                message: prefixed(message),
+            },
+            Error::Unsupported { op, backend } => Error::Unsupported {
+                op: prefixed(op),
+                backend,
+            },
+            Error::Corrupt { path, detail } => Error::Corrupt {
+                path,
+                detail: prefixed(detail),
+            },
+            Error::StorageFull { path, detail } => Error::StorageFull {
+                path,
+                detail: prefixed(detail),
+            },
+            Error::Io { context, source } => Error::Io {
+                context: prefixed(context),
+                source,
+            },
+            Error::Backend { backend, message } => Error::Backend {
+                backend,
+                message: prefixed(message),
+            },
+        }
+    }
+
     /// True when retrying the same operation later may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Unavailable { .. })

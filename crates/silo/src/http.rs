@@ -208,6 +208,38 @@ impl HttpStorage {
         wire::decode(&reply)
     }
 
+    /// Sends `ops` to the server in one request. The server applies them in order as one
+    /// atomic unit, and at most once however often the request is retried; the answer holds
+    /// one reply per operation, in order. When one fails, none of them remains applied and
+    /// the error names it (`operation #i (Name) of the batch: …`). A batch may not hold
+    /// another batch, and the server bounds its size (`silo serve --max-items` counts each
+    /// operation and the elements of its lists; `--max-body-bytes` its bytes).
+    pub fn batch(&self, ops: Vec<StorageOp>) -> Result<Vec<StorageReply>> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sent = ops.len();
+        match self.call(StorageOp::Batch { ops: ops.into() })? {
+            StorageReply::Replies(replies) if replies.0.len() == sent => Ok(replies.0),
+            StorageReply::Replies(replies) => Err(Error::Backend {
+                backend: "http".into(),
+                message: format!(
+                    "the server answered a batch of {sent} operations with {} replies",
+                    replies.0.len()
+                ),
+            }),
+            other => Err(unexpected("Batch", &other)),
+        }
+    }
+
+    /// Gathers operations to [`send`](Pipeline::send) as one [`batch`](Self::batch).
+    pub fn pipeline(&self) -> Pipeline<'_> {
+        Pipeline {
+            store: self,
+            ops: Vec::new(),
+        }
+    }
+
     /// Runs `attempt` until it succeeds, fails for good, or the retries are spent.
     fn with_retries(
         &self,
@@ -253,6 +285,37 @@ impl HttpStorage {
             .send(body)
             .map_err(|e| Exchange::Retry(format!("transport: {e}")))?;
         read_answer(resp, self.options.max_reply_bytes)
+    }
+}
+
+/// Operations gathered for one request to the server ([`HttpStorage::pipeline`]).
+#[must_use = "a pipeline does nothing until it is sent"]
+pub struct Pipeline<'a> {
+    store: &'a HttpStorage,
+    ops: Vec<StorageOp>,
+}
+
+impl Pipeline<'_> {
+    /// Adds an operation; it runs after those added before it.
+    pub fn push(&mut self, op: StorageOp) -> &mut Self {
+        self.ops.push(op);
+        self
+    }
+
+    /// How many operations are gathered.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// True when nothing is gathered.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Sends the gathered operations as one atomic batch and returns their replies, in order
+    /// (see [`HttpStorage::batch`]). The pipeline is empty afterwards, ready for the next.
+    pub fn send(&mut self) -> Result<Vec<StorageReply>> {
+        self.store.batch(std::mem::take(&mut self.ops))
     }
 }
 

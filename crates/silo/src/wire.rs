@@ -32,6 +32,12 @@ impl From<&[u8]> for Bytes {
     }
 }
 
+impl<const N: usize> From<&[u8; N]> for Bytes {
+    fn from(v: &[u8; N]) -> Self {
+        Bytes(v.to_vec())
+    }
+}
+
 /// One request: an optional idempotency key and the operation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StorageRequest {
@@ -172,6 +178,9 @@ operations! {
     28 Sweep [] { ttl_ms: u64 } -> Count, Write;
     /// Store-wide counts; refused to tenants.
     29 Stat [] {} -> Stats, Read;
+    /// Several operations in one request, applied in order as one atomic unit (all or none),
+    /// answered with one reply per operation. A batch may not hold another batch.
+    30 Batch [] { ops: Batch<StorageOp> } -> Replies, Write;
 }
 
 pub use crate::storage::MAX_LIST_LEN;
@@ -217,6 +226,56 @@ pub enum StorageReply {
     MaybeClaim(Option<Claim>),
     DeadLetters(Vec<DeadLetter>),
     Stats(StoreStats),
+    /// A [`StorageOp::Batch`]'s replies, one per operation, in order.
+    Replies(Batch<StorageReply>),
+}
+
+thread_local! {
+    /// How many [`Batch`]es the current thread is decoding inside one another.
+    static BATCH_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// The operations of a [`StorageOp::Batch`] (or the replies of one): a bounded list that may
+/// not hold another batch. The refusal happens while decoding, one level down, so hostile
+/// bytes nesting batches a million deep cannot exhaust the stack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Batch<T>(pub Vec<T>);
+
+impl<T> Default for Batch<T> {
+    fn default() -> Self {
+        Batch(Vec::new())
+    }
+}
+
+impl<T> From<Vec<T>> for Batch<T> {
+    fn from(v: Vec<T>) -> Self {
+        Batch(v)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Batch<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        /// Leaves the depth as it found it, however decoding ends.
+        struct Level;
+        impl Drop for Level {
+            fn drop(&mut self) {
+                BATCH_DEPTH.with(|depth| depth.set(depth.get().saturating_sub(1)));
+            }
+        }
+        let outer = BATCH_DEPTH.with(|depth| {
+            let outer = depth.get();
+            depth.set(outer + 1);
+            outer
+        });
+        let _level = Level;
+        if outer > 0 {
+            return Err(serde::de::Error::custom(
+                "a batch inside a batch; send its operations in the outer batch",
+            ));
+        }
+        crate::storage::bounded_list(d).map(Batch)
+    }
 }
 
 impl StorageOp {
@@ -230,9 +289,13 @@ impl StorageOp {
         self.info().name
     }
 
-    /// True when the operation changes the store (see [`OpClass`]).
+    /// True when the operation changes the store (see [`OpClass`]); a batch does when any of
+    /// its operations does, so a batch of reads is sent again freely, like a read.
     pub fn is_write(&self) -> bool {
-        self.info().class == OpClass::Write
+        match self {
+            StorageOp::Batch { ops } => ops.0.iter().any(StorageOp::is_write),
+            _ => self.info().class == OpClass::Write,
+        }
     }
 }
 
@@ -506,7 +569,28 @@ pub fn apply(store: &dyn FunctionStorage, op: StorageOp) -> Result<StorageReply>
         }
         Op::Sweep { ttl_ms } => Reply::Count(store.gc(Duration::from_millis(ttl_ms))?),
         Op::Stat {} => Reply::Stats(store.stat()?),
+        Op::Batch { ops } => Reply::Replies(apply_batch(store, ops.0)?),
     })
+}
+
+/// Applies a batch's operations in order on `store` and collects their replies; the first
+/// failure ends it, naming the operation. This alone is not atomic: run it inside
+/// [`FunctionStorage::apply_atomically`] or `apply_once` (the server does) so that a failure
+/// leaves none of the batch behind.
+fn apply_batch(store: &dyn FunctionStorage, ops: Vec<StorageOp>) -> Result<Batch<StorageReply>> {
+    let mut replies = Vec::with_capacity(ops.len());
+    for (i, op) in ops.into_iter().enumerate() {
+        let name = op.name();
+        if matches!(op, StorageOp::Batch { .. }) {
+            return Err(Error::invalid(format!(
+                "operation #{i} of the batch is a batch; send its operations in the outer batch"
+            )));
+        }
+        let reply = apply(store, op)
+            .map_err(|e| e.within(&format!("operation #{i} ({name}) of the batch")))?;
+        replies.push(reply);
+    }
+    Ok(Batch(replies))
 }
 
 #[cfg(test)]
