@@ -9,7 +9,11 @@
 //! `--only` runs one part: `memory`, `sqlite`, `http`, `vgi-fs` (the incumbent's own fs
 //! backend, no silo side), `processes` (both backends), `clients`, or `fs` — everything about
 //! silo's `fs:` backend: the "fs vs vgi sqlite" group, its processes rows, the 1k-vs-20k-entries
-//! section and the `sync=full` section (those two alone: `scale`, `sync`).
+//! section and the `sync=full` section (those two alone: `scale`, `sync`); `server` — `silo
+//! serve` against the incumbent's server through the incumbent's client, concurrent clients,
+//! silo's batch API and a Redis reference (`server.rs`).
+
+mod server;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -1621,6 +1625,12 @@ fn main() {
         Vec::new()
     };
 
+    let (server_md, server_failures) = if wants(&["server"]) {
+        server::section(settings.reps, quick, dir.path())
+    } else {
+        (String::new(), Vec::new())
+    };
+
     // ---- the report
     let silo_failures: Vec<String> = cells
         .iter()
@@ -1642,6 +1652,7 @@ fn main() {
             let e = r.ok.as_ref().err()?;
             Some(format!("{} ({} writers): {e}", r.name, r.writers))
         }))
+        .chain(server_failures)
         .collect();
     let all_ok = silo_failures.is_empty();
     let vgi_failures: Vec<String> = cells
@@ -1749,6 +1760,7 @@ fn main() {
             );
         }
     }
+    md.push_str(&server_md);
     if !silo_failures.is_empty() {
         let _ = writeln!(md, "\n## Runs where silo FAILED verification\n");
         for f in &silo_failures {
