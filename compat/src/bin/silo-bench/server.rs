@@ -200,9 +200,12 @@ fn batches(
     Ok(total as f64 / elapsed.as_secs_f64())
 }
 
-/// A Redis reference: `(clients, SET rps, GET rps, p50 ms, p99 ms)` rows from
-/// `redis-benchmark` against a `redis-server` without persistence, or why there are none.
-fn redis_reference(quick: bool) -> Result<Vec<(usize, f64, f64, f64, f64)>, String> {
+/// One row of the Redis reference: clients, SET/s, GET/s, GET p50 and p99 in milliseconds.
+type RedisRow = (usize, f64, f64, f64, f64);
+
+/// A Redis reference from `redis-benchmark` against a `redis-server` without persistence, or
+/// why there is none.
+fn redis_reference(quick: bool) -> Result<Vec<RedisRow>, String> {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
         l.local_addr().map_err(|e| e.to_string())?.port()
