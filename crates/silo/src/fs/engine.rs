@@ -805,22 +805,72 @@ enum BaseError {
 }
 
 /// Writes the index as records, in frames of about 1 MiB, ending with an end mark.
-fn write_base<S: Store, F: Store>(
-    index: &Index,
-    files: &[OpenFile<F>],
-    log: &mut FrameLog<S>,
-) -> std::result::Result<(), BaseError> {
-    let read = |r: ValRef| -> std::result::Result<Vec<u8>, BaseError> {
-        let Some(Some((file, _))) = files.get(r.file as usize) else {
+/// The largest read a base makes to copy values (and the largest value served from it).
+const READ_WINDOW: usize = 1 << 20;
+
+/// Reads the values a base copies. Values written one after another lie one after another
+/// in the segments, and the index hands them out mostly in that order, so one read of a
+/// window serves the many values in it instead of one `pread` each.
+struct ValueReader<'a, F> {
+    files: &'a [OpenFile<F>],
+    window: Vec<u8>,
+    /// Which file the window holds (`usize::MAX`: none yet), and from which offset.
+    file: usize,
+    start: u64,
+    /// A value too large for a window, read alone.
+    large: Vec<u8>,
+}
+
+impl<'a, F: Store> ValueReader<'a, F> {
+    fn new(files: &'a [OpenFile<F>]) -> Self {
+        ValueReader {
+            files,
+            window: Vec::new(),
+            file: usize::MAX,
+            start: 0,
+            large: Vec::new(),
+        }
+    }
+
+    fn read(&mut self, r: ValRef) -> std::result::Result<&[u8], BaseError> {
+        let (index, offset, len) = (r.file as usize, r.offset, r.len as usize);
+        let Some(Some((file, _))) = self.files.get(index) else {
             return Err(BaseError::Silo(Error::Backend {
                 backend: "fs".into(),
                 message: "a value points at a file that is not open (a silo bug)".into(),
             }));
         };
-        let mut buf = vec![0u8; r.len as usize];
-        file.read_at(&mut buf, r.offset).map_err(BaseError::Io)?;
-        Ok(buf)
-    };
+        let within = index == self.file
+            && offset >= self.start
+            && offset - self.start + len as u64 <= self.window.len() as u64;
+        if !within {
+            if len > READ_WINDOW {
+                self.large.resize(len, 0);
+                file.read_at(&mut self.large, offset)
+                    .map_err(BaseError::Io)?;
+                return Ok(&self.large);
+            }
+            // Up to a window from the value on, but never past the file's end (a short
+            // file is an error only when the value itself runs past it).
+            let available = file.len().map_err(BaseError::Io)?.saturating_sub(offset);
+            let size = available.min(READ_WINDOW as u64).max(len as u64) as usize;
+            self.file = usize::MAX;
+            self.window.resize(size, 0);
+            file.read_at(&mut self.window, offset)
+                .map_err(BaseError::Io)?;
+            (self.file, self.start) = (index, offset);
+        }
+        let at = (offset - self.start) as usize;
+        Ok(&self.window[at..at + len])
+    }
+}
+
+fn write_base<S: Store, F: Store>(
+    index: &Index,
+    files: &[OpenFile<F>],
+    log: &mut FrameLog<S>,
+) -> std::result::Result<(), BaseError> {
+    let mut values = ValueReader::new(files);
     let mut enc = Encoder::default();
     let mut flush = |enc: &mut Encoder, force: bool| -> std::result::Result<(), BaseError> {
         if enc.buf.len() >= 1 << 20 || (force && !enc.buf.is_empty()) {
@@ -836,25 +886,25 @@ fn write_base<S: Store, F: Store>(
         });
         for (ns, map) in scope.state.iter() {
             for (key, v) in map.iter() {
-                let value = read(*v)?;
+                let value = values.read(*v)?;
                 enc.push(&Rec::Put {
                     scope: name,
                     ns,
                     key,
-                    value: &value,
+                    value,
                 });
                 flush(&mut enc, false)?;
             }
         }
         for ((ns, key), log) in scope.logs.iter() {
             for (id, v) in log.iter() {
-                let value = read(*v)?;
+                let value = values.read(*v)?;
                 enc.push(&Rec::Append {
                     scope: name,
                     ns,
                     key,
                     id: *id,
-                    value: &value,
+                    value,
                 });
                 flush(&mut enc, false)?;
             }
@@ -868,11 +918,11 @@ fn write_base<S: Store, F: Store>(
             });
         }
         for (id, item) in scope.queue.iter() {
-            let value = read(item.value)?;
+            let value = values.read(item.value)?;
             enc.push(&Rec::Item {
                 scope: name,
                 id: *id,
-                value: &value,
+                value,
                 attempts: item.attempts,
                 visible_at: item.visible_at,
                 claim: item.claim.unwrap_or(0),
@@ -880,10 +930,10 @@ fn write_base<S: Store, F: Store>(
             flush(&mut enc, false)?;
         }
         for dead in scope.dead.iter() {
-            let value = read(dead.value)?;
+            let value = values.read(dead.value)?;
             enc.push(&Rec::Dead {
                 scope: name,
-                value: &value,
+                value,
                 attempts: dead.attempts,
                 at: dead.at,
             });
@@ -891,11 +941,11 @@ fn write_base<S: Store, F: Store>(
         }
     }
     for (key, once) in index.once.iter() {
-        let reply = read(once.reply)?;
+        let reply = values.read(once.reply)?;
         enc.push(&Rec::Once {
             key,
             fingerprint: &once.fingerprint,
-            reply: &reply,
+            reply,
             at: once.at,
         });
         flush(&mut enc, false)?;
