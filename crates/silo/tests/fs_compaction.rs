@@ -61,7 +61,7 @@ fn compaction_copies_values_of_every_size_intact() {
                     log.push(small);
                 }
                 let item = value(round * 1000 + i, len / 3);
-                store.queue_push(b"s", &[item.clone()]).unwrap();
+                store.queue_push(b"s", std::slice::from_ref(&item)).unwrap();
                 queue.push(item);
             }
             // Overwrites leave dead bytes for the next compaction to skip.
