@@ -1,6 +1,8 @@
-//! The accept loop: at most `max_connections` connections at once, each served by hyper's
-//! HTTP/1 with a header deadline that also ends idle keep-alive connections, TCP_NODELAY, and
-//! a graceful shutdown that lets requests in flight finish.
+//! The accept loop: at most `max_connections` connections at once, each served by hyper as
+//! HTTP/1.1 (with a header deadline that also ends idle keep-alive connections) or, when the
+//! client opens with HTTP/2's preface, as cleartext HTTP/2 (h2c, "prior knowledge": many
+//! requests in flight on one connection); TCP_NODELAY; a graceful shutdown that lets requests
+//! in flight finish.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -49,10 +51,21 @@ pub(crate) async fn serve(
     let slots = Arc::new(Semaphore::new(
         limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
     ));
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
+    // Streams of one connection are requests like any others: the request slots bound them
+    // together; this bounds what one connection may open at once. A connection that stops
+    // answering pings is closed.
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(
+            u32::try_from(limits.max_concurrent_requests.max(1)).unwrap_or(u32::MAX),
+        )
+        .keep_alive_interval(Some(limits.header_timeout))
+        .keep_alive_timeout(limits.header_timeout);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -79,7 +92,10 @@ pub(crate) async fn serve(
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
         let service = TowerToHyperService::new(router.clone());
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let connection = graceful.watch(
+            http.serve_connection(TokioIo::new(stream), service)
+                .into_owned(),
+        );
         let open = OpenConnection::new(app.clone(), slot);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
