@@ -805,20 +805,23 @@ enum BaseError {
 }
 
 /// Writes the index as records, in frames of about 1 MiB, ending with an end mark.
-/// The largest read a base makes to copy values (and the largest value served from it).
+/// The largest read a base makes to copy values, and the smallest once reads run in order.
 const READ_WINDOW: usize = 1 << 20;
+const FIRST_WINDOW: usize = 16 << 10;
 
-/// Reads the values a base copies. Values written one after another lie one after another
-/// in the segments, and the index hands them out mostly in that order, so one read of a
-/// window serves the many values in it instead of one `pread` each.
+/// Reads the values a base copies. A log's entries lie one after another in the segments
+/// and are copied in that order: there one read of a window serves many values instead of
+/// one `pread` each, the window doubling while the reads keep running forward. State is
+/// copied in hash order, all over the files: there each value is read alone, so a window
+/// never costs more than the values it serves.
 struct ValueReader<'a, F> {
     files: &'a [OpenFile<F>],
     window: Vec<u8>,
-    /// Which file the window holds (`usize::MAX`: none yet), and from which offset.
+    /// Which file the window holds (`usize::MAX`: none), and from which offset.
     file: usize,
     start: u64,
-    /// A value too large for a window, read alone.
-    large: Vec<u8>,
+    /// How much the next read past the window fetches: 0 after a jump (the value alone).
+    ahead: usize,
 }
 
 impl<'a, F: Store> ValueReader<'a, F> {
@@ -828,7 +831,7 @@ impl<'a, F: Store> ValueReader<'a, F> {
             window: Vec::new(),
             file: usize::MAX,
             start: 0,
-            large: Vec::new(),
+            ahead: 0,
         }
     }
 
@@ -840,20 +843,26 @@ impl<'a, F: Store> ValueReader<'a, F> {
                 message: "a value points at a file that is not open (a silo bug)".into(),
             }));
         };
+        let end = self.start + self.window.len() as u64;
         let within = index == self.file
             && offset >= self.start
             && offset - self.start + len as u64 <= self.window.len() as u64;
         if !within {
-            if len > READ_WINDOW {
-                self.large.resize(len, 0);
-                file.read_at(&mut self.large, offset)
-                    .map_err(BaseError::Io)?;
-                return Ok(&self.large);
-            }
-            // Up to a window from the value on, but never past the file's end (a short
-            // file is an error only when the value itself runs past it).
-            let available = file.len().map_err(BaseError::Io)?.saturating_sub(offset);
-            let size = available.min(READ_WINDOW as u64).max(len as u64) as usize;
+            // Forward from the window and close to it: reads run in order; read ahead more.
+            let forward = index == self.file && offset >= end && offset - end <= READ_WINDOW as u64;
+            self.ahead = if forward {
+                (self.ahead * 2).clamp(FIRST_WINDOW, READ_WINDOW)
+            } else {
+                0
+            };
+            // Never past the file's end (a short file is an error only when the value itself
+            // runs past it).
+            let size = if self.ahead > len {
+                let available = file.len().map_err(BaseError::Io)?.saturating_sub(offset);
+                available.min(self.ahead as u64).max(len as u64) as usize
+            } else {
+                len
+            };
             self.file = usize::MAX;
             self.window.resize(size, 0);
             file.read_at(&mut self.window, offset)
