@@ -13,7 +13,7 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::App;
@@ -38,6 +38,23 @@ impl OpenConnection {
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.app.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The first bytes of a cleartext HTTP/2 connection ("prior knowledge", RFC 9113 §3.3).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits until the first bytes tell HTTP/1.1 from HTTP/2: the whole preface, or a byte that
+/// departs from it. False when the peer closes or fails first.
+async fn protocol_decided(stream: &TcpStream) -> bool {
+    let mut first = [0u8; H2_PREFACE.len()];
+    loop {
+        match stream.peek(&mut first).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) if n == first.len() || first[..n] != H2_PREFACE[..n] => return true,
+            // Part of the preface so far: `peek` would answer at once again, so wait a little.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
     }
 }
 
@@ -66,7 +83,10 @@ pub(crate) async fn serve(
         )
         .keep_alive_interval(Some(limits.header_timeout))
         .keep_alive_timeout(limits.header_timeout);
+    let http = Arc::new(http);
     let graceful = GracefulShutdown::new();
+    // Tells connections still deciding which protocol they speak that the server stops.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let slot = tokio::select! {
@@ -92,19 +112,30 @@ pub(crate) async fn serve(
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
         let service = TowerToHyperService::new(router.clone());
-        let connection = graceful.watch(
-            http.serve_connection(TokioIo::new(stream), service)
-                .into_owned(),
-        );
+        let watcher = graceful.watcher();
+        let (http, mut stopping) = (http.clone(), stopping.clone());
         let open = OpenConnection::new(app.clone(), slot);
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("connection ended: {e}");
+            // hyper's auto builder reads the first bytes, to tell HTTP/2's preface from
+            // HTTP/1.1, with no deadline of its own: the header deadline covers that wait too,
+            // so a connection that sends nothing (or half a preface) is closed in time.
+            let decided = tokio::select! {
+                decided = tokio::time::timeout(limits.header_timeout, protocol_decided(&stream)) => {
+                    matches!(decided, Ok(true))
+                }
+                _ = stopping.wait_for(|stop| *stop) => false,
+            };
+            if decided {
+                let connection = http.serve_connection(TokioIo::new(stream), service);
+                if let Err(e) = watcher.watch(connection.into_owned()).await {
+                    tracing::debug!("connection ended: {e}");
+                }
             }
             drop(open);
         });
     }
     drop(listener);
+    let _ = stop.send(true);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
         .is_err()

@@ -449,6 +449,14 @@ fn half_sent_headers_are_closed_after_the_header_timeout() {
         Instant::now() + Duration::from_secs(3),
         "a silent connection",
     );
+    // So is one that stops in the middle of HTTP/2's preface.
+    let mut half_preface = connect(&server);
+    half_preface.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    expect_closed_by(
+        &mut half_preface,
+        Instant::now() + Duration::from_secs(3),
+        "half an HTTP/2 preface",
+    );
     let reply = rpc(&server, &ping());
     assert_eq!(reply.status, 200, "{reply:?}");
 

@@ -200,6 +200,93 @@ fn batches(
     Ok(total as f64 / elapsed.as_secs_f64())
 }
 
+/// `h2load` rows (Markdown) for each server, operation and connection shape.
+fn h2load_rows(servers: &Servers, quick: bool, dir: &Path) -> Result<Vec<String>, String> {
+    let n = if quick { 40_000 } else { 100_000 };
+    let mut rows = Vec::new();
+    let bodies = [
+        (
+            "kv_get",
+            StorageOp::KvGet {
+                scope: b"h2load".into(),
+                key: b"k".into(),
+            },
+        ),
+        (
+            "kv_put",
+            StorageOp::KvPut {
+                scope: b"h2load".into(),
+                key: b"k".into(),
+                value: vec![7u8; 100].into(),
+            },
+        ),
+    ];
+    for (name, url) in &servers.urls {
+        for (op, body) in &bodies {
+            let path = dir.join(format!("h2load-{op}.bin"));
+            let bytes = silo::wire::encode(&silo::wire::StorageRequest {
+                idempotency_key: None,
+                op: body.clone(),
+            })
+            .map_err(|e| e.to_string())?;
+            std::fs::write(&path, bytes).map_err(|e| e.to_string())?;
+            let mut shapes = vec![("1 × 1 (HTTP/1.1)", vec!["--h1", "-c", "1"])];
+            shapes.push(("32 × 1 (HTTP/1.1)", vec!["--h1", "-c", "32"]));
+            if *name != INCUMBENT {
+                shapes.push(("1 × 32 (h2c)", vec!["-c", "1", "-m", "32"]));
+            }
+            for (shape, args) in shapes {
+                let mut runs = Vec::new();
+                for _ in 0..3 {
+                    runs.push(h2load(&args, n, &path, url)?);
+                }
+                runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let (rate, mean) = &runs[1];
+                rows.push(format!(
+                    "| {name} | {op} | {shape} | {} | {mean} |",
+                    fmt_rate(Some(*rate))
+                ));
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// One `h2load` run: requests per second and the mean request time as printed.
+fn h2load(args: &[&str], n: usize, body: &Path, url: &str) -> Result<(f64, String), String> {
+    let out = Command::new("h2load")
+        .args(args)
+        .args(["-n", &n.to_string(), "-d"])
+        .arg(body)
+        .args(["-H", "content-type: application/octet-stream"])
+        .arg(format!("{url}/rpc"))
+        .output()
+        .map_err(|e| format!("h2load not run ({e}); apt-get install nghttp2-client"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let failed = text
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .is_none_or(|l| !l.contains(&format!("{n} succeeded")));
+    if failed {
+        return Err(format!(
+            "h2load {args:?} did not succeed every request: {text}"
+        ));
+    }
+    // "finished in 551.90ms, 72477.29 req/s, 8.29MB/s"
+    let rate = text
+        .lines()
+        .find(|l| l.starts_with("finished in"))
+        .and_then(|l| l.split(", ").nth(1)?.strip_suffix(" req/s")?.parse().ok())
+        .ok_or_else(|| format!("unexpected h2load output: {text}"))?;
+    // "time for request:  min  max  mean  sd  +/- sd"
+    let mean = text
+        .lines()
+        .find(|l| l.starts_with("time for request:"))
+        .and_then(|l| l.split_whitespace().nth(5).map(str::to_string))
+        .unwrap_or_default();
+    Ok((rate, mean))
+}
+
 /// One row of the Redis reference: clients, SET/s, GET/s, GET p50 and p99 in milliseconds.
 type RedisRow = (usize, f64, f64, f64, f64);
 
@@ -395,6 +482,37 @@ pub fn section(reps: usize, quick: bool, dir: &Path) -> (String, Vec<String>) {
             let line = format!("| {name} | {clients} | {} |", fmt_rate(med(&r)));
             eprintln!("{line}");
             let _ = writeln!(md, "{line}");
+        }
+    }
+
+    // ---- a client that costs little: h2load
+    let _ = writeln!(
+        md,
+        "\n### Through a fast client: `h2load` (nghttp2), 100 B values\n"
+    );
+    match h2load_rows(&servers, quick, dir) {
+        Ok(rows) => {
+            let _ = writeln!(
+                md,
+                "The same request body sent over and over (`kv_get` of one key; `kv_put` of one key, \
+                 no idempotency key), so the server's cost per request is what is measured: one \
+                 HTTP/1.1 connection, 32 HTTP/1.1 connections, and one HTTP/2 (h2c) connection \
+                 with 32 streams in flight (the incumbent speaks HTTP/1.1 only). Median of {} runs.\n",
+                reps.min(3)
+            );
+            let _ = writeln!(
+                md,
+                "| server | operation | connections × streams | requests/s | mean |"
+            );
+            let _ = writeln!(md, "|---|---|---|---:|---:|");
+            for row in rows {
+                eprintln!("h2load {row}");
+                let _ = writeln!(md, "{row}");
+            }
+        }
+        Err(e) => {
+            eprintln!("h2load rows skipped: {e}");
+            let _ = writeln!(md, "Not measured in this run: {e}.");
         }
     }
 
