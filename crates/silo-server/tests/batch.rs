@@ -138,7 +138,7 @@ fn a_failing_batch_leaves_nothing_behind() {
             op: StorageOp::Batch { ops: ops.into() },
         })
         .unwrap();
-        let (status, text) = post(&server.url(), &bare);
+        let (status, text) = common::post(&server.url(), None, &bare);
         assert_eq!(status, 400, "{backend}: {text}");
         assert!(text.contains("operation #3"), "{backend}: {text}");
         assert_eq!(store.kv_get(b"s", b"k").unwrap(), None, "{backend}");
@@ -149,17 +149,6 @@ fn a_failing_batch_leaves_nothing_behind() {
             "{backend}: the popped item is back"
         );
     }
-}
-
-fn post(url: &str, body: &[u8]) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut resp = agent.post(format!("{url}/rpc")).send(body).unwrap();
-    let status = resp.status().as_u16();
-    let text = String::from_utf8_lossy(&resp.body_mut().read_to_vec().unwrap()).into_owned();
-    (status, text)
 }
 
 /// A batch of reads carries no idempotency key (it is retried like a read) and so leaves no
@@ -193,7 +182,7 @@ fn nested_batches_are_refused_and_the_server_keeps_serving() {
         body.extend(30u32.to_le_bytes()); // Batch
         body.extend(1u64.to_le_bytes()); // of one operation
     }
-    let (status, text) = post(&server.url(), &body);
+    let (status, text) = common::post(&server.url(), None, &body);
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("a batch inside a batch"), "{text}");
     let inner = StorageOp::Batch {

@@ -10,26 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{TestServer, sqlite_url};
+use common::{TestServer, post, sqlite_url};
 use silo::http::{HttpOptions, HttpStorage};
 use silo::wire::{self, Bytes, StorageOp, StorageReply, StorageRequest};
 use silo::{Error, FunctionStorage};
 use silo_server::{Auth, Config, Tenant};
-
-fn post(url: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut req = agent.post(format!("{url}/rpc"));
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let mut resp = req.send(body).unwrap();
-    let status = resp.status().as_u16();
-    let text = String::from_utf8_lossy(&resp.body_mut().read_to_vec().unwrap()).into_owned();
-    (status, text)
-}
 
 fn get_request(scope: &[u8]) -> Vec<u8> {
     wire::encode(&StorageRequest {

@@ -67,3 +67,20 @@ impl Deref for HttpStore {
         &*self.client
     }
 }
+
+/// POSTs a raw body to `url`'s `/rpc` (with a bearer token when given): the status and the
+/// body as text.
+pub fn post(url: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut req = agent.post(format!("{url}/rpc"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let mut resp = req.send(body).unwrap();
+    let status = resp.status().as_u16();
+    let text = String::from_utf8_lossy(&resp.body_mut().read_to_vec().unwrap()).into_owned();
+    (status, text)
+}
