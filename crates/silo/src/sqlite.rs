@@ -275,10 +275,11 @@ impl SqliteStorage {
         mut f: impl FnMut(&Connection) -> Attempt<T>,
     ) -> Result<T> {
         let mut run = || -> Attempt<T> {
-            conn.execute_batch("SAVEPOINT silo_op")?;
+            // Prepared once per connection, not parsed again for every operation.
+            conn.prepare_cached("SAVEPOINT silo_op")?.execute([])?;
             match f(conn) {
                 Ok(out) => {
-                    conn.execute_batch("RELEASE silo_op")?;
+                    conn.prepare_cached("RELEASE silo_op")?.execute([])?;
                     Ok(out)
                 }
                 Err(e) => {

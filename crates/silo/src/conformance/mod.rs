@@ -865,6 +865,42 @@ pub fn apply_once_applies_once(s: &dyn FunctionStorage) {
         2u64.to_le_bytes().to_vec()
     );
 
+    // Each operation of one apply sees the writes of the ones before it (a batch relies on it).
+    let mut several = |st: &dyn FunctionStorage| -> crate::Result<Vec<u8>> {
+        let first = st.append(b"once-seq", b"", b"k", b"a")?;
+        let second = st.append(b"once-seq", b"", b"k", b"b")?;
+        assert!(second > first, "the second append's id follows the first's");
+        st.counter_add(b"once-seq", b"", b"c", 2)?;
+        assert_eq!(
+            st.counter_add(b"once-seq", b"", b"c", 3)?,
+            5,
+            "adds accumulate"
+        );
+        st.kv_put(b"once-seq", b"k", b"v1")?;
+        assert_eq!(
+            st.kv_get(b"once-seq", b"k")?,
+            Some(v("v1")),
+            "a put is read back"
+        );
+        st.queue_push(b"once-seq", &[v("pushed")])?;
+        assert_eq!(
+            st.queue_pop(b"once-seq")?,
+            Some(v("pushed")),
+            "a push is popped"
+        );
+        st.kv_put(b"once-seq", b"k", b"v2")?;
+        Ok(second.to_le_bytes().to_vec())
+    };
+    s.apply_once(b"key-several", fp, &mut several).unwrap();
+    assert_eq!(s.kv_get(b"once-seq", b"k").unwrap(), Some(v("v2")));
+    assert_eq!(s.counter_get(b"once-seq", b"", b"c").unwrap(), 5);
+    assert_eq!(s.queue_len(b"once-seq").unwrap(), 0);
+    let log = s.scan(b"once-seq", b"", b"k", 0, 10).unwrap();
+    assert_eq!(
+        log.iter().map(|e| e.1.clone()).collect::<Vec<_>>(),
+        [v("a"), v("b")]
+    );
+
     // A failure after the effect's writes: every write of it is undone.
     let mut half_done = |st: &dyn FunctionStorage| -> crate::Result<Vec<u8>> {
         st.queue_push(sc, &[v("ghost")])?;

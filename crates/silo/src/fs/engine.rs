@@ -87,13 +87,18 @@ mod libc_consts {
     pub const EDQUOT: i32 = 122;
 }
 
-/// A transaction in progress: the records decided so far. A single operation decides them
-/// from the live index and they are folded into it in place once the frame is written; an
-/// `apply_once` folds each one into a copy (`working`, O(1) to take with persistent maps) so
-/// its later operations see the earlier ones, and drops the copy to roll back.
+/// A transaction in progress: the records decided so far. Each operation decides its records
+/// from the state before it, and they are folded into the live index in place once the frame
+/// is written. When an `apply_once` runs a second operation, the records before it are folded
+/// into a copy (`working`, O(1) to take with persistent maps) so it sees the earlier ones;
+/// rolling back drops the copy. The copy is taken only then: a copy written to while the live
+/// index still shares its nodes copies every node on the path (with its keys), which cost a
+/// single-operation `apply_once` several times the operation itself.
 #[derive(Debug)]
 pub(crate) struct Txn {
     pub working: Option<Index>,
+    /// How many bytes of `enc.buf` are folded into `working`.
+    folded: usize,
     pub enc: Encoder,
     /// Where the payload will land in the active segment, so values folded now point at
     /// the place they will have on disk.
@@ -101,6 +106,28 @@ pub(crate) struct Txn {
     pub file: u32,
     /// Held for a whole `apply_once`/`apply_atomically` (its operations join this one).
     pub held: Option<StoreLock>,
+}
+
+impl Txn {
+    /// The index as of every record decided so far, for the next operation of an
+    /// `apply_once` to decide from: `live` until a record was decided, then the copy.
+    pub fn index_so_far<'a>(&'a mut self, live: &'a Index) -> Result<&'a Index> {
+        if self.folded < self.enc.buf.len() {
+            let working = self.working.get_or_insert_with(|| live.clone());
+            fold_payload(
+                working,
+                &self.enc.buf[self.folded..],
+                self.file,
+                self.payload_at + self.folded as u64,
+            )
+            .map_err(|detail| Error::Backend {
+                backend: "fs".into(),
+                message: format!("a record did not apply ({detail}; a silo bug)"),
+            })?;
+            self.folded = self.enc.buf.len();
+        }
+        Ok(self.working.as_ref().unwrap_or(live))
+    }
 }
 
 /// A file the index points into, with its name; `None` once it was let go.
@@ -482,7 +509,8 @@ impl<D: Dir> Engine<D> {
     /// Starts a transaction (the caller holds the exclusive lock and caught up).
     pub fn begin(&mut self, held: Option<StoreLock>) {
         self.txn = Some(Txn {
-            working: held.is_some().then(|| self.index.clone()),
+            working: None,
+            folded: 0,
             enc: Encoder::default(),
             payload_at: self.active.end() + silo_engine::frame::HEADER as u64,
             file: self.active_id,
@@ -528,19 +556,25 @@ impl<D: Dir> Engine<D> {
                 ),
             });
         }
-        match txn.working {
-            Some(working) => self.index = working,
-            None => {
-                if let Err(detail) =
-                    fold_payload(&mut self.index, &txn.enc.buf, txn.file, txn.payload_at)
-                {
-                    self.poisoned = true;
-                    return Err(Error::Backend {
-                        backend: "fs".into(),
-                        message: format!("a committed frame did not apply ({detail}; a silo bug)"),
-                    });
-                }
-            }
+        // Adopting the copy first drops the old index, so the records still to fold (the
+        // last operation's, the reply's) change nodes nobody else holds, in place.
+        let mut folded = 0;
+        if let Some(working) = txn.working {
+            self.index = working;
+            folded = txn.folded;
+        }
+        let rest = &txn.enc.buf[folded..];
+        if let Err(detail) = fold_payload(
+            &mut self.index,
+            rest,
+            txn.file,
+            txn.payload_at + folded as u64,
+        ) {
+            self.poisoned = true;
+            return Err(Error::Backend {
+                backend: "fs".into(),
+                message: format!("a committed frame did not apply ({detail}; a silo bug)"),
+            });
         }
         let file = self.active.store().clone();
         Ok(Some(Committed {

@@ -93,9 +93,15 @@ impl<D: Dir> FsStore<D> {
     fn read<T>(&self, f: impl FnOnce(&Reader<'_, D>) -> Result<T>) -> Result<T> {
         let guard = self.engine.lock();
         let mut eng = guard.try_borrow_mut().map_err(|_| reentered())?;
-        if eng.txn.is_none() {
+        let eng = &mut *eng;
+        let Some(txn) = eng.txn.as_mut() else {
             eng.catch_up(false)?;
-        }
+            return f(&Reader {
+                eng,
+                index: &eng.index,
+            });
+        };
+        txn.index_so_far(&eng.index)?;
         let eng = &*eng;
         let index = eng
             .txn
@@ -110,8 +116,10 @@ impl<D: Dir> FsStore<D> {
     fn write<T>(&self, f: impl FnOnce(&mut Tx<'_, D>) -> Result<T>) -> Result<T> {
         let guard = self.engine.lock();
         let mut eng = guard.try_borrow_mut().map_err(|_| reentered())?;
-        if eng.txn.as_ref().is_some_and(|t| t.held.is_some()) {
-            return run_tx(&mut eng, &self.options, f);
+        let joined = &mut *eng;
+        if let Some(txn) = joined.txn.as_mut().filter(|t| t.held.is_some()) {
+            txn.index_so_far(&joined.index)?;
+            return run_tx(joined, &self.options, f);
         }
         let held = eng.lock_exclusive(self.options.busy_timeout)?;
         eng.catch_up(true)?;
@@ -314,30 +322,11 @@ impl<D: Dir> Tx<'_, D> {
         load_value(self.files, Some(self.txn), r, self.dir)
     }
 
-    /// Adds a record to the frame; inside `apply_once` also folds it into the transaction's
-    /// index. An operation therefore decides all its records from the state before it.
+    /// Adds a record to the frame. It is folded into an index only after the operation
+    /// (see [`engine::Txn`]): an operation decides all its records from the state before it.
     fn emit(&mut self, rec: &Rec<'_, &[u8]>) -> Result<()> {
-        let txn = &mut *self.txn;
-        let start = txn.enc.buf.len();
-        txn.enc.push(rec);
-        let Some(working) = txn.working.as_mut() else {
-            return Ok(());
-        };
-        let (file, base) = (txn.file, txn.payload_at + start as u64);
-        let mut decoder = record::Decoder::new(&txn.enc.buf[start..]);
-        let folded = match decoder.next_record() {
-            Ok(Some(rec)) => working.fold(&rec, |s| ValRef {
-                file,
-                offset: base + s.pos as u64,
-                len: s.len as u32,
-            }),
-            Ok(None) => Err("an empty record".to_string()),
-            Err(m) => Err(m.detail),
-        };
-        folded.map_err(|detail| Error::Backend {
-            backend: "fs".into(),
-            message: format!("a record did not apply ({detail}; a silo bug)"),
-        })
+        self.txn.enc.push(rec);
+        Ok(())
     }
 
     /// Marks the scope written now (creating it).
