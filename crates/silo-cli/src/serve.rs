@@ -104,7 +104,7 @@ pub fn run(args: ServeArgs, store: Option<&str>) -> Result<(), ServeError> {
         idempotency_window: Duration::from_secs(args.idempotency_window),
         limits,
         orphan_sweep,
-        inline_point_ops: !silo::syncs_every_commit(&url),
+        inline_point_ops: silo::answers_in_microseconds(&url),
     };
     raise_fd_limit(limits.max_connections);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -129,7 +129,10 @@ pub fn run(args: ServeArgs, store: Option<&str>) -> Result<(), ServeError> {
         writeln!(stdout, "PORT:{}", local.port())
             .and_then(|()| stdout.flush())
             .map_err(|e| format!("cannot write the PORT line: {e}"))?;
-        tracing::info!("silo serve listening on http://{local}, store {url}");
+        tracing::info!(
+            "silo serve listening on http://{local}, store {}",
+            silo::redact_url(&url)
+        );
         silo_server::serve(listener, config, shutdown_signal())
             .await
             .map_err(|e| format!("server failed: {e}"))?;

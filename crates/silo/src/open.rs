@@ -21,7 +21,7 @@ pub const DEFAULT_ORPHAN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// | `sqlite:///abs/file.db` | SQLite file (WAL); `sqlite:` alone = the default path |
 /// | `fs:///abs/dir` | silo's log-structured engine in a directory; `fs:` alone = the default directory |
 /// | `http://host:port` | client of `silo serve` (`?retries=N&timeout_ms=M`) |
-/// | `postgres://…` | not built yet: [`Error::Unsupported`] |
+/// | `postgres://user:pass@host:port/db?schema=silo` | PostgreSQL, shared by many hosts (cargo feature `postgres`) |
 ///
 /// Query parameters set [`StoreOptions`], e.g. `?sync=full&max_attempts=3`.
 pub fn open(url: &str) -> Result<Arc<dyn FunctionStorage>> {
@@ -37,29 +37,50 @@ pub fn open(url: &str) -> Result<Arc<dyn FunctionStorage>> {
         "sqlite" => open_sqlite(&parsed, store_options(&parsed)?),
         "http" | "https" => open_http(&parsed),
         "fs" => open_fs(&parsed),
-        scheme @ ("postgres" | "postgresql") => Err(Error::unsupported(
-            format!("opening a {scheme}: store"),
-            "this build of silo (that backend is on the roadmap)",
-        )),
+        "postgres" | "postgresql" => open_postgres(&parsed),
         other => Err(Error::config(format!(
-            "unknown store URL scheme {other:?} in {url:?} (known: memory, fs, sqlite, http)"
+            "unknown store URL scheme {other:?} in {:?} (known: memory, fs, sqlite, http, postgres)",
+            redact_url(url)
         ))),
     }
 }
 
-/// Whether the local store at `url` makes every commit durable before it answers
-/// (`sync=full`): a server then lets many writes wait at once, so that they share fsyncs.
-pub fn syncs_every_commit(url: &str) -> bool {
+/// Whether the store at `url` answers in microseconds on the calling thread: an in-process
+/// or local-file store (`memory:`, `sqlite:`, `fs:`) that does not wait for an fsync per
+/// commit (`sync=full`). A server runs such operations inline; the others (network stores,
+/// and stores where many writes should wait at once to share fsyncs) go to its thread pool.
+pub fn answers_in_microseconds(url: &str) -> bool {
     Url::parse(url).is_ok_and(|url| {
-        url.scheme() != "http"
-            && url.scheme() != "https"
-            && url.query_pairs().any(|(name, value)| {
+        matches!(url.scheme(), "memory" | "sqlite" | "fs")
+            && !url.query_pairs().any(|(name, value)| {
                 let mut options = StoreOptions::default();
                 name == "sync"
                     && options.set(&name, &value).is_ok()
                     && options.sync == SyncMode::Full
             })
     })
+}
+
+/// A store URL fit for logs and messages: its password, and any query parameter named
+/// `password`, shown as `***`.
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut parsed) = Url::parse(url) else {
+        return "(an unparsable URL)".into();
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    }
+    if parsed.query_pairs().any(|(k, _)| k == "password") {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "password" { "***".into() } else { v };
+                (k.into_owned(), v.into_owned())
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 /// The [`StoreOptions`] a local store's URL query sets.
@@ -69,6 +90,19 @@ fn store_options(url: &Url) -> Result<StoreOptions> {
         options.set(&name, &value)?;
     }
     Ok(options)
+}
+
+#[cfg(feature = "postgres")]
+fn open_postgres(url: &Url) -> Result<Arc<dyn FunctionStorage>> {
+    Ok(Arc::new(crate::postgres::PostgresStorage::open(url)?))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn open_postgres(url: &Url) -> Result<Arc<dyn FunctionStorage>> {
+    Err(Error::unsupported(
+        format!("opening a {}: store", url.scheme()),
+        "this build of silo (built without the `postgres` cargo feature)",
+    ))
 }
 
 #[cfg(feature = "sqlite")]
@@ -296,15 +330,31 @@ mod tests {
     }
 
     #[test]
-    fn only_a_local_store_with_sync_full_syncs_every_commit() {
-        assert!(syncs_every_commit("fs:///tmp/x?sync=full"));
-        assert!(syncs_every_commit(
+    fn passwords_are_redacted() {
+        let shown = redact_url("postgres://u:secret@h/db?password=other&schema=s");
+        assert!(
+            !shown.contains("secret") && !shown.contains("other"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("schema=s") && shown.contains("u:***@h"),
+            "{shown}"
+        );
+        assert_eq!(redact_url("fs:///tmp/x"), "fs:///tmp/x");
+    }
+
+    #[test]
+    fn only_local_stores_without_sync_full_answer_in_microseconds() {
+        assert!(!answers_in_microseconds("fs:///tmp/x?sync=full"));
+        assert!(!answers_in_microseconds(
             "sqlite:///tmp/x.db?max_attempts=3&sync=full"
         ));
-        assert!(!syncs_every_commit("fs:///tmp/x"));
-        assert!(!syncs_every_commit("fs:///tmp/x?sync=normal"));
-        assert!(!syncs_every_commit("http://127.0.0.1:1?sync=full"));
-        assert!(!syncs_every_commit("not a url"));
+        assert!(answers_in_microseconds("fs:///tmp/x"));
+        assert!(answers_in_microseconds("fs:///tmp/x?sync=normal"));
+        assert!(answers_in_microseconds("memory:"));
+        assert!(!answers_in_microseconds("http://127.0.0.1:1"));
+        assert!(!answers_in_microseconds("postgres://h/db"));
+        assert!(!answers_in_microseconds("not a url"));
     }
 
     #[test]
@@ -376,10 +426,13 @@ mod tests {
     fn urls_are_checked() {
         assert!(matches!(open("nosuch://x"), Err(Error::Config { .. })));
         assert!(matches!(open("not a url"), Err(Error::Config { .. })));
-        assert!(matches!(
-            open("postgres://localhost/x"),
-            Err(Error::Unsupported { .. })
-        ));
+        // Nothing listens on port 1: the store is unavailable (or not built in).
+        let pg = open("postgres://silo@127.0.0.1:1/x?connect_timeout=2");
+        if cfg!(feature = "postgres") {
+            assert!(matches!(pg, Err(Error::Unavailable { .. })), "{pg:?}");
+        } else {
+            assert!(matches!(pg, Err(Error::Unsupported { .. })), "{pg:?}");
+        }
         assert!(matches!(open("fs:rel/dir"), Err(Error::Config { .. })));
         assert!(matches!(open("fs://host/dir"), Err(Error::Config { .. })));
         assert!(matches!(open("memory:?bogus=1"), Err(Error::Config { .. })));

@@ -12,6 +12,8 @@ use std::time::Duration;
 use crate::{Clock, Error, FunctionStorage, KeyRange, PrefixStore, Selection};
 
 pub mod faults;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod processes;
 
 thread_local! {
@@ -1391,6 +1393,17 @@ macro_rules! conformance_tests {
     ($factory:expr) => {
         $crate::conformance_tests!(@all $factory, run);
     };
+    // A factory that returns `Option`: `None` (a server not installed here; the factory says
+    // so loudly) passes every check without running it.
+    (maybe $factory:expr) => {
+        $crate::conformance_tests!(@all $factory, maybe_run);
+    };
+    (maybe clocked $factory:expr) => {
+        $crate::conformance_tests!(@all $factory, maybe_clocked);
+    };
+    (maybe isolated $factory:expr) => {
+        $crate::conformance_tests!(@all $factory, maybe_run_isolated);
+    };
     (@all $factory:expr, $runner:ident) => {
         $crate::conformance_tests!(@each $factory, $runner;
             kv_roundtrip, state_namespaces_are_isolated, state_batches, state_scan_ranges,
@@ -1408,6 +1421,33 @@ macro_rules! conformance_tests {
             fn $check() {
                 let (store, clock) = $factory;
                 $crate::conformance::run_clocked(&*store, &clock, $crate::conformance::$check);
+            }
+        )*
+    };
+    (@each $factory:expr, maybe_clocked; $($check:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $check() {
+                let Some((store, clock)) = $factory else { return };
+                $crate::conformance::run_clocked(&*store, &clock, $crate::conformance::$check);
+            }
+        )*
+    };
+    (@each $factory:expr, maybe_run; $($check:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $check() {
+                let Some(store) = $factory else { return };
+                $crate::conformance::run(&*store, $crate::conformance::$check);
+            }
+        )*
+    };
+    (@each $factory:expr, maybe_run_isolated; $($check:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $check() {
+                let Some(store) = $factory else { return };
+                $crate::conformance::run_isolated(&*store, $crate::conformance::$check);
             }
         )*
     };

@@ -1,0 +1,203 @@
+//! A throwaway PostgreSQL cluster for tests: `initdb` and `pg_ctl` in a temporary directory,
+//! reached through a unix socket in that directory (no TCP port to collide on), stopped and
+//! removed by a watchdog process once the test process is gone (however it ended).
+//!
+//! PostgreSQL refuses to run as root; when the tests run as root (CI), the cluster runs as the
+//! `postgres` system user that Debian's package creates, through `runuser`. When no PostgreSQL
+//! binaries are found, [`cluster`] returns `None` and the caller prints a loud SKIPPED line —
+//! unless `SILO_REQUIRE_POSTGRES=1` (set by `.ci/run`), which turns that into a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A running cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    dir: PathBuf,
+}
+
+/// The cluster of this test process, started on first use; `None` when PostgreSQL is not
+/// installed (panics instead when `SILO_REQUIRE_POSTGRES=1`, or when it is installed but
+/// does not start).
+pub fn cluster() -> Option<&'static Cluster> {
+    static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
+    CLUSTER
+        .get_or_init(|| {
+            let Some(bin) = find_binaries() else {
+                assert!(
+                    std::env::var("SILO_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                    "SILO_REQUIRE_POSTGRES=1 but no PostgreSQL binaries (initdb, pg_ctl) were \
+                     found: install them (apt-get install postgresql) or set SILO_PG_BIN"
+                );
+                // Straight to the file descriptor: the test harness captures `eprintln!`.
+                use std::io::Write;
+                let _ = std::io::stderr().write_all(
+                    b"\n*** SKIPPED: PostgreSQL tests - no initdb/pg_ctl found (apt-get install \
+                      postgresql, or set SILO_PG_BIN) ***\n",
+                );
+                return None;
+            };
+            Some(Cluster::start(&bin).unwrap_or_else(|e| panic!("starting PostgreSQL: {e}")))
+        })
+        .as_ref()
+}
+
+/// Whether PostgreSQL tests can run here; prints the SKIPPED line (once) when not.
+pub fn available() -> bool {
+    cluster().is_some()
+}
+
+impl Cluster {
+    fn start(bin: &Path) -> Result<Cluster, String> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!("silo-pg-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let root = is_root();
+        if root {
+            run(Command::new("chown").arg("postgres:postgres").arg(&dir))?;
+        }
+        let data = dir.join("data");
+        let as_owner = |program: &str| {
+            let exe = bin.join(program);
+            if root {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(exe);
+                c
+            } else {
+                Command::new(exe)
+            }
+        };
+        run(as_owner("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"])
+            .arg("--no-sync"))?;
+        // Durability of the cluster itself is not under test: fsync off keeps tests fast.
+        let server_options = format!(
+            "-k {} -c listen_addresses='' -c max_connections=400 -c fsync=off \
+             -c full_page_writes=off -c shared_buffers=64MB",
+            dir.display()
+        );
+        run(as_owner("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.join("server.log"))
+            .args(["-w", "-t", "60", "-o", &server_options, "start"]))?;
+        // The watchdog: once this process is gone, stop the cluster and remove its files.
+        let stop = format!(
+            "{runuser}{pg_ctl} -D {data} stop -m immediate",
+            runuser = if root { "runuser -u postgres -- " } else { "" },
+            pg_ctl = bin.join("pg_ctl").display(),
+            data = data.display(),
+        );
+        let watchdog = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop}; rm -rf {dir}",
+            pid = std::process::id(),
+            dir = dir.display(),
+        );
+        Command::new("sh")
+            .args(["-c", &watchdog])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting the watchdog: {e}"))?;
+        Ok(Cluster { dir })
+    }
+
+    /// A URL of the cluster's `postgres` database with the store in `schema`, and `query`
+    /// (more options, possibly empty) appended.
+    pub fn url(&self, schema: &str, query: &str) -> String {
+        let mut url = format!(
+            "postgres:///postgres?user=postgres&host={}&schema={schema}",
+            self.dir.display()
+        );
+        if !query.is_empty() {
+            url.push('&');
+            url.push_str(query);
+        }
+        url
+    }
+
+    /// [`Cluster::url`] with a schema no other call of this process got.
+    pub fn fresh_url(&self, query: &str) -> String {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        self.url(&format!("t{}_{n}", std::process::id()), query)
+    }
+
+    /// The cluster's directory (its socket lives there).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs SQL on the cluster's `postgres` database through `psql`, as its owner; returns
+    /// what it printed (unaligned, tuples only).
+    pub fn psql(&self, sql: &str) -> Result<String, String> {
+        let bin = find_binaries().ok_or("no PostgreSQL binaries")?;
+        let mut c = Command::new(bin.join("psql"));
+        c.args(["-X", "-A", "-t", "-U", "postgres", "-d", "postgres", "-h"])
+            .arg(&self.dir)
+            .args(["-c", sql]);
+        let out = c.output().map_err(|e| format!("running psql: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+/// The directory holding `initdb` and `pg_ctl`: `SILO_PG_BIN`, else the newest
+/// `/usr/lib/postgresql/*/bin` (Debian), else the one on `PATH`.
+fn find_binaries() -> Option<PathBuf> {
+    let has = |d: &Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file();
+    if let Some(dir) = std::env::var_os("SILO_PG_BIN").map(PathBuf::from) {
+        return has(&dir).then_some(dir);
+    }
+    let mut debian: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            has(&bin).then_some((version, bin))
+        })
+        .collect();
+    debian.sort();
+    if let Some((_, bin)) = debian.pop() {
+        return Some(bin);
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .find(|d| has(d))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn run(c: &mut Command) -> Result<(), String> {
+    let out = c
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running {c:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{c:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
