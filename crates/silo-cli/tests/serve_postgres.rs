@@ -44,7 +44,7 @@ fn send(port: u16, body: &[u8]) -> Option<StorageReply> {
         .ok()?;
     let status = resp.status().as_u16();
     let bytes = resp.body_mut().read_to_vec().ok()?;
-    assert!(status < 400 || status >= 500, "client error {status}");
+    assert!(!(400..500).contains(&status), "client error {status}");
     if status != 200 {
         return None;
     }
