@@ -21,7 +21,8 @@ Exit status: 0 success; 1 nothing found (missing key, empty queue, lost lease);
 #[derive(Debug, Parser)]
 #[command(name = "silo", version, after_help = AFTER_HELP)]
 pub struct Cli {
-    /// Store URL (memory:, sqlite:///abs/file.db, fs:///abs/dir, http://host:port).
+    /// Store URL (memory:, sqlite:///abs/file.db, fs:///abs/dir, http://host:port,
+    /// postgres://user:pass@host/db?schema=silo).
     #[arg(long, global = true, value_name = "URL")]
     pub store: Option<String>,
 
