@@ -3,32 +3,12 @@
 //! popper failing over to another server with the same idempotency key; and a retried request
 //! answered by another server is applied once.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use silo::wire::{Bytes, StorageOp, StorageReply, StorageRequest};
-
-fn start_server(store_url: &str) -> (Child, u16) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_silo"))
-        .args(["--store", store_url, "serve", "--bind", "127.0.0.1:0"])
-        .env_remove("VGI_STORAGE_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let port = first
-        .trim()
-        .strip_prefix("PORT:")
-        .expect("first line is PORT:<n>")
-        .parse()
-        .unwrap();
-    (child, port)
-}
 
 /// Sends one encoded request to the server on `port`; `None` when the server could not be
 /// reached or answered with a server error (the caller then tries another one).
@@ -72,7 +52,7 @@ fn three_servers_one_database_every_item_once_through_a_kill() {
         return;
     };
     let url = cluster.fresh_url("");
-    let mut servers: Vec<(Child, u16)> = (0..3).map(|_| start_server(&url)).collect();
+    let mut servers: Vec<(Child, u16)> = (0..3).map(|_| common::start_server(&url, &[])).collect();
     let ports: Vec<u16> = servers.iter().map(|(_, p)| *p).collect();
 
     const ITEMS: u32 = 600;

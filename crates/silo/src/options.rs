@@ -120,6 +120,15 @@ impl Default for StoreOptions {
 }
 
 impl StoreOptions {
+    /// The names [`StoreOptions::set`] takes.
+    pub const NAMES: [&'static str; 5] = [
+        "max_value_bytes",
+        "max_name_bytes",
+        "max_attempts",
+        "sync",
+        "busy_timeout_ms",
+    ];
+
     /// Applies one `name=value` pair from a URL query. Unknown names are errors, so a typo
     /// never silently leaves a default in force.
     pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
@@ -154,8 +163,8 @@ impl StoreOptions {
             "busy_timeout_ms" => self.busy_timeout = Duration::from_millis(number("milliseconds")?),
             _ => {
                 return Err(Error::config(format!(
-                    "unknown store option {name:?} (known: max_value_bytes, max_name_bytes, \
-                     max_attempts, sync, busy_timeout_ms)"
+                    "unknown store option {name:?} (known: {})",
+                    Self::NAMES.join(", ")
                 )));
             }
         }

@@ -600,8 +600,7 @@ impl PostgresStorage {
                          sslmode=disable on a trusted network or a local socket)",
                     ));
                 }
-                "max_value_bytes" | "max_name_bytes" | "max_attempts" | "sync"
-                | "busy_timeout_ms" => options.set(&name, &value)?,
+                name if StoreOptions::NAMES.contains(&name) => options.set(name, &value)?,
                 _ => client_params.push((name.to_string(), value.to_string())),
             }
         }
