@@ -15,6 +15,8 @@
 //!   behind without its scope;
 //! - `apply_once` runs its operations in one transaction that ends with the reply's record: a
 //!   concurrent retry through another server waits on that row and replays the reply.
+//!
+//! TLS (`sslmode`, `sslrootcert`) is [`tls`]'s.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -25,6 +27,8 @@ use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 use url::Url;
+
+mod tls;
 
 use crate::options::{SyncMode, lease_millis, millis};
 use crate::storage::{Entry, KeyValue, key_reused};
@@ -126,8 +130,8 @@ macro_rules! touch_existing {
 }
 
 /// The options of a `postgres://` URL that silo reads itself; every other query parameter is
-/// a store option ([`StoreOptions`]) or goes to the PostgreSQL client (`host`, `sslmode`,
-/// `application_name`, `connect_timeout`, …).
+/// a TLS option (`sslmode`, `sslrootcert`: see [`tls`]), a store option ([`StoreOptions`]) or
+/// goes to the PostgreSQL client (`host`, `application_name`, `connect_timeout`, …).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PostgresOptions {
     /// The schema holding the store's tables (created on open), so several stores can share
@@ -226,6 +230,8 @@ impl Conn {
 /// Opens connections for the pool, each set to the store's schema and timeouts.
 struct Connector {
     config: postgres::Config,
+    /// `None`: connections never use TLS.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     setup: String,
 }
 
@@ -234,7 +240,10 @@ impl r2d2::ManageConnection for Connector {
     type Error = postgres::Error;
 
     fn connect(&self) -> std::result::Result<Conn, postgres::Error> {
-        let mut client = self.config.connect(NoTls)?;
+        let mut client = match &self.tls {
+            Some(tls) => self.config.connect(tls.clone())?,
+            None => self.config.connect(NoTls)?,
+        };
         client.batch_execute(&self.setup)?;
         Ok(Conn {
             client,
@@ -456,6 +465,12 @@ fn is_retryable(e: &postgres::Error) -> bool {
 /// Turns a PostgreSQL error into the semantic [`Error`] that says what to do.
 fn map_error(location: &str, op: &str, e: &postgres::Error) -> Error {
     let Some(db) = e.as_db_error() else {
+        if let Some(tls) = tls::failure(e) {
+            return Error::config(format!(
+                "{op}: {location}: TLS failed: {tls} (check the URL's sslmode, sslrootcert and \
+                 host: verify-full needs a certificate naming the host connected to)"
+            ));
+        }
         if e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()) {
             return Error::Unavailable {
                 message: format!("{op}: the connection to {location} was lost ({e})"),
@@ -561,6 +576,7 @@ impl PostgresStorage {
     pub fn open_with_options(url: &Url, mut options: StoreOptions) -> Result<Self> {
         let location = redacted(url);
         let mut pg = PostgresOptions::default();
+        let mut tls = tls::TlsOptions::default();
         let mut client_params = Vec::new();
         for (name, value) in url.query_pairs() {
             let number = |what: &str| -> Result<u64> {
@@ -593,18 +609,12 @@ impl PostgresStorage {
                 "statement_timeout_ms" => {
                     pg.statement_timeout = Duration::from_millis(number("milliseconds")?);
                 }
-                "sslmode" if !matches!(&*value, "disable" | "prefer") => {
-                    return Err(Error::unsupported(
-                        format!("sslmode={value}"),
-                        "this build of silo's postgres backend (TLS is not built yet: use \
-                         sslmode=disable on a trusted network or a local socket)",
-                    ));
-                }
+                name if tls.take(name, &value)? => {}
                 name if StoreOptions::NAMES.contains(&name) => options.set(name, &value)?,
                 _ => client_params.push((name.to_string(), value.to_string())),
             }
         }
-        Self::open_with(url, &location, options, pg, &client_params)
+        Self::open_with(url, &location, options, pg, &tls, &client_params)
     }
 
     fn open_with(
@@ -612,6 +622,7 @@ impl PostgresStorage {
         location: &str,
         options: StoreOptions,
         pg: PostgresOptions,
+        tls: &tls::TlsOptions,
         client_params: &[(String, String)],
     ) -> Result<Self> {
         let mut client_url = url.clone();
@@ -629,6 +640,8 @@ impl PostgresStorage {
         if config.get_application_name().is_none() {
             config.application_name("silo");
         }
+        let (ssl_mode, tls) = tls.connector(&config)?;
+        config.ssl_mode(ssl_mode);
         let synchronous = match options.sync {
             // The database's own setting (on by default: every commit is flushed).
             SyncMode::Normal => String::new(),
@@ -636,6 +649,7 @@ impl PostgresStorage {
         };
         let connector = Connector {
             config,
+            tls,
             setup: format!(
                 "SET search_path TO {schema}; SET statement_timeout = {statement}; \
                  SET lock_timeout = {lock}; {synchronous}",
