@@ -129,6 +129,12 @@ macro_rules! touch_existing {
     };
 }
 
+// After the macros, which it uses.
+#[cfg(feature = "conformance")]
+pub mod statements;
+#[cfg(not(feature = "conformance"))]
+mod statements;
+
 /// The options of a `postgres://` URL that silo reads itself; every other query parameter is
 /// a TLS option (`sslmode`, `sslrootcert`: see [`tls`]), a store option ([`StoreOptions`]) or
 /// goes to the PostgreSQL client (`host`, `application_name`, `connect_timeout`, …).
@@ -922,11 +928,8 @@ impl PostgresStorage {
 impl FunctionStorage for PostgresStorage {
     fn state_get(&self, scope: &[u8], ns: &[u8], key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.run("state_get", Kind::Read, |c| {
-            Ok(c.query_opt(
-                "SELECT value FROM state WHERE scope = $1 AND ns = $2 AND key = $3",
-                &[&scope, &ns, &key],
-            )?
-            .map(|row| row.get(0)))
+            Ok(c.query_opt(statements::STATE_GET, &[&scope, &ns, &key])?
+                .map(|row| row.get(0)))
         })
     }
 
@@ -935,14 +938,7 @@ impl FunctionStorage for PostgresStorage {
         self.options.check_value(value)?;
         let now = self.now();
         self.run("state_put", Kind::Write, |c| {
-            c.execute(
-                concat!(
-                    touching!("$5"),
-                    "INSERT INTO state (scope, ns, key, value) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (scope, ns, key) DO UPDATE SET value = excluded.value"
-                ),
-                &[&scope, &ns, &key, &value, &now],
-            )?;
+            c.execute(statements::STATE_PUT, &[&scope, &ns, &key, &value, &now])?;
             Ok(())
         })
     }
@@ -1003,12 +999,7 @@ impl FunctionStorage for PostgresStorage {
         let now = self.now();
         self.run("state_put_many", Kind::Write, |c| {
             c.execute(
-                concat!(
-                    touching!("$5"),
-                    "INSERT INTO state (scope, ns, key, value)
-                     SELECT $1, $2, k, v FROM unnest($3::bytea[], $4::bytea[]) AS t(k, v)
-                     ON CONFLICT (scope, ns, key) DO UPDATE SET value = excluded.value"
-                ),
+                statements::STATE_PUT_MANY,
                 &[&scope, &ns, &keys, &values, &now],
             )?;
             Ok(())
@@ -1096,15 +1087,8 @@ impl FunctionStorage for PostgresStorage {
         let now = self.now();
         let lock = log_lock_key(&self.schema, scope, ns, key);
         self.run("append", Kind::Write, |c| {
-            // The id is drawn after the log's lock is taken (the insert reads the lock's row),
-            // and the lock is held to commit: ids become visible in order.
             Ok(c.query_one(
-                concat!(
-                    touching!("$5"),
-                    ", locked AS (SELECT pg_advisory_xact_lock($6))
-                     INSERT INTO log (id, scope, ns, key, value)
-                     SELECT nextval('log_ids'), $1, $2, $3, $4 FROM locked RETURNING id"
-                ),
+                statements::APPEND,
                 &[&scope, &ns, &key, &value, &now, &lock],
             )?
             .get(0))
@@ -1124,14 +1108,12 @@ impl FunctionStorage for PostgresStorage {
         }
         let lim = sql_limit(limit);
         self.run("scan", Kind::Read, |c| {
-            Ok(c.query(
-                "SELECT id, value FROM log WHERE scope = $1 AND ns = $2 AND key = $3 AND id > $4
-                 ORDER BY id LIMIT $5",
-                &[&scope, &ns, &key, &after_id, &lim],
-            )?
-            .into_iter()
-            .map(|row| (row.get(0), row.get(1)))
-            .collect())
+            Ok(
+                c.query(statements::SCAN, &[&scope, &ns, &key, &after_id, &lim])?
+                    .into_iter()
+                    .map(|row| (row.get(0), row.get(1)))
+                    .collect(),
+            )
         })
     }
 
@@ -1226,14 +1208,7 @@ impl FunctionStorage for PostgresStorage {
         }
         let now = self.now();
         self.run("queue_push", Kind::Write, |c| {
-            c.execute(
-                concat!(
-                    touching!("$3"),
-                    "INSERT INTO queue (scope, value)
-                     SELECT $1, v FROM unnest($2::bytea[]) WITH ORDINALITY AS t(v, n) ORDER BY n"
-                ),
-                &[&scope, &items, &now],
-            )?;
+            c.execute(statements::QUEUE_PUSH, &[&scope, &items, &now])?;
             Ok(())
         })
     }
@@ -1242,24 +1217,8 @@ impl FunctionStorage for PostgresStorage {
         let max_attempts = i32::try_from(self.options.max_attempts).unwrap_or(i32::MAX);
         let now = self.now();
         self.run("queue_pop", Kind::Write, |c| {
-            // The head is taken and, when it is exhausted, set aside in one statement; then
-            // the next one is tried.
             loop {
-                let head = c.query_opt(
-                    concat!(
-                        "WITH head AS (
-                             DELETE FROM queue WHERE id = (
-                                 SELECT id FROM queue WHERE scope = $1 AND visible_at_ms <= $2
-                                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
-                             RETURNING scope, value, attempts),
-                         buried AS (INSERT INTO dead_letters (scope, value, attempts, dead_at_ms)
-                             SELECT scope, value, attempts, $2 FROM head WHERE attempts >= $3),
-                         touched AS (",
-                        touch_existing!("$2"),
-                        ") SELECT value, attempts FROM head"
-                    ),
-                    &[&scope, &now, &max_attempts],
-                )?;
+                let head = c.query_opt(statements::QUEUE_POP, &[&scope, &now, &max_attempts])?;
                 match head {
                     Some(row) if row.get::<_, i32>(1) >= max_attempts => continue,
                     other => return Ok(other.map(|row| row.get(0))),

@@ -7,13 +7,20 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use silo::conformance::postgres::{Cluster, private_cluster};
+use silo::conformance::postgres::{Cluster, Setup, private_cluster};
 use silo::{Error, FunctionStorage};
 
 /// The cluster with TCP and TLS shared by this file's TLS checks.
 fn tls_cluster() -> Option<&'static Cluster> {
     static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
-    CLUSTER.get_or_init(|| private_cluster(true)).as_ref()
+    CLUSTER
+        .get_or_init(|| {
+            private_cluster(Setup {
+                tcp: true,
+                ..Setup::default()
+            })
+        })
+        .as_ref()
 }
 
 fn open(url: &str) -> silo::Result<Arc<dyn FunctionStorage>> {
@@ -130,7 +137,7 @@ fn wrong_password_is_a_clear_error() {
 /// writer's entries exactly once, in order.
 #[test]
 fn a_restarted_server_is_survived() {
-    let Some(cluster) = private_cluster(false) else {
+    let Some(cluster) = private_cluster(Setup::default()) else {
         return;
     };
     let url = cluster.url("restart", "pool_size=3&busy_timeout_ms=300");

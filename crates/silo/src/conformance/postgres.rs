@@ -54,20 +54,33 @@ pub fn cluster() -> Option<&'static Cluster> {
                 );
                 return None;
             };
-            Some(Cluster::start(&bin, false).unwrap_or_else(|e| panic!("starting PostgreSQL: {e}")))
+            Some(
+                Cluster::start(&bin, Setup::default())
+                    .unwrap_or_else(|e| panic!("starting PostgreSQL: {e}")),
+            )
         })
         .as_ref()
 }
 
-/// A cluster of the caller's own (to restart, or with `tcp`: also listening on 127.0.0.1 with
-/// TLS, `hostssl` + SCRAM passwords for TCP, plain connections over TCP refused); `None` as for
+/// How a [`private_cluster`] differs from the shared one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Setup {
+    /// Also listen on 127.0.0.1 with TLS: `hostssl` + SCRAM passwords for TCP, plain
+    /// connections over TCP refused.
+    pub tcp: bool,
+    /// PostgreSQL's own durability settings (`fsync`, `full_page_writes` on), as a real
+    /// deployment has them: for benchmarks. Tests leave them off, for speed.
+    pub durable: bool,
+}
+
+/// A cluster of the caller's own (to restart, reconfigure or benchmark); `None` as for
 /// [`cluster`].
-pub fn private_cluster(tcp: bool) -> Option<Cluster> {
+pub fn private_cluster(setup: Setup) -> Option<Cluster> {
     let bin = find_binaries();
     if bin.is_none() {
         cluster()?;
     }
-    Some(Cluster::start(&bin?, tcp).unwrap_or_else(|e| panic!("starting PostgreSQL: {e}")))
+    Some(Cluster::start(&bin?, setup).unwrap_or_else(|e| panic!("starting PostgreSQL: {e}")))
 }
 
 /// Whether PostgreSQL tests can run here; prints the SKIPPED line (once) when not.
@@ -76,7 +89,7 @@ pub fn available() -> bool {
 }
 
 impl Cluster {
-    fn start(bin: &Path, tcp: bool) -> Result<Cluster, String> {
+    fn start(bin: &Path, setup: Setup) -> Result<Cluster, String> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -104,11 +117,15 @@ impl Cluster {
             .arg("--no-sync"))?;
         // Durability of the cluster itself is not under test: fsync off keeps tests fast.
         let mut server_options = format!(
-            "-k {} -c max_connections=400 -c fsync=off -c full_page_writes=off \
-             -c shared_buffers=64MB",
-            dir.display()
+            "-k {} -c max_connections=400 -c shared_buffers=64MB{}",
+            dir.display(),
+            if setup.durable {
+                ""
+            } else {
+                " -c fsync=off -c full_page_writes=off"
+            }
         );
-        let tcp = if tcp {
+        let tcp = if setup.tcp {
             let port = make_tls_files(&dir, &data)?;
             server_options.push_str(&format!(
                 " -c listen_addresses=127.0.0.1 -p {port} -c ssl=on \
