@@ -98,13 +98,13 @@ pub fn run(args: ServeArgs, store: Option<&str>) -> Result<(), ServeError> {
         max_reply_bytes: args.max_reply_bytes,
     };
     let config = Config {
+        inline_point_ops: store.answers_in_microseconds(),
         store,
         auth,
         max_body_bytes: args.max_body_bytes,
         idempotency_window: Duration::from_secs(args.idempotency_window),
         limits,
         orphan_sweep,
-        inline_point_ops: silo::answers_in_microseconds(&url),
     };
     raise_fd_limit(limits.max_connections);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -138,3 +138,24 @@ fn three_servers_one_database_every_item_once_through_a_kill() {
         let _ = child.wait();
     }
 }
+
+/// A server embedded with the library's defaults (`silo_server::Config::new`) over a postgres
+/// store: point operations go to the blocking pool, since the `postgres` client cannot run on
+/// a reactor thread (it panicked there, and every request answered 500).
+#[test]
+fn an_embedded_server_on_postgres_answers_point_operations() {
+    let Some(cluster) = silo::conformance::postgres::cluster() else {
+        return;
+    };
+    let store = silo::open(&cluster.fresh_url("")).unwrap();
+    assert!(!store.answers_in_microseconds());
+    let server = silo_server::spawn(silo_server::Config::new(store)).unwrap();
+    let client =
+        silo::http::HttpStorage::new(&server.url(), silo::http::HttpOptions::default()).unwrap();
+    use silo::FunctionStorage;
+    client.kv_put(b"s", b"k", b"v").unwrap();
+    assert_eq!(client.kv_get(b"s", b"k").unwrap(), Some(b"v".to_vec()));
+    assert_eq!(client.append(b"s", b"ns", b"log", b"e").unwrap(), 1);
+    client.queue_push(b"s", &[b"i".to_vec()]).unwrap();
+    assert_eq!(client.queue_pop(b"s").unwrap(), Some(b"i".to_vec()));
+}

@@ -168,16 +168,17 @@ impl Default for Limits {
 impl Config {
     /// A server over `store` with the defaults: no auth, 320 MiB bodies (a 256 MiB value and
     /// its envelope), a 10-minute idempotency window, default [`Limits`], the orphan sweep
-    /// off (`silo serve` turns it on), point operations inline.
+    /// off (`silo serve` turns it on), point operations inline when the store answers in
+    /// microseconds ([`FunctionStorage::answers_in_microseconds`]).
     pub fn new(store: Arc<dyn FunctionStorage>) -> Self {
         Config {
+            inline_point_ops: store.answers_in_microseconds(),
             store,
             auth: Auth::Open,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             idempotency_window: Duration::from_secs(600),
             limits: Limits::default(),
             orphan_sweep: None,
-            inline_point_ops: true,
         }
     }
 }

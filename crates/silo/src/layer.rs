@@ -321,6 +321,10 @@ where
     fn stat(&self) -> Result<StoreStats> {
         self.layer.call("stat", || self.inner.stat())
     }
+
+    fn answers_in_microseconds(&self) -> bool {
+        self.inner.answers_in_microseconds()
+    }
 }
 
 #[cfg(test)]

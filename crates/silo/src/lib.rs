@@ -49,8 +49,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub use layer::{Layer, Layered, Prefix, PrefixStore};
 pub use memory::MemoryStorage;
 pub use open::{
-    DEFAULT_ORPHAN_TTL, EnvConfig, answers_in_microseconds, default_fs_path, default_sqlite_path,
-    default_url, from_env, open, redact_url, sqlite_url,
+    DEFAULT_ORPHAN_TTL, EnvConfig, default_fs_path, default_sqlite_path, default_url, from_env,
+    open, redact_url, sqlite_url,
 };
 pub use options::{Clock, StoreOptions, SyncMode};
 #[cfg(feature = "sqlite")]

@@ -606,6 +606,10 @@ impl FunctionStorage for MemoryStorage {
         })
     }
 
+    fn answers_in_microseconds(&self) -> bool {
+        true
+    }
+
     fn stat(&self) -> Result<StoreStats> {
         self.with(|inner| {
             let mut stats = StoreStats {

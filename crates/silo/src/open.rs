@@ -8,7 +8,7 @@ use std::time::Duration;
 use url::Url;
 
 use crate::memory::MemoryStorage;
-use crate::{Error, FunctionStorage, Result, StoreOptions, SyncMode};
+use crate::{Error, FunctionStorage, Result, StoreOptions};
 
 /// The orphan TTL used when `VGI_BUFFERING_STORE_TTL_SECS` is unset: one day.
 pub const DEFAULT_ORPHAN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -43,22 +43,6 @@ pub fn open(url: &str) -> Result<Arc<dyn FunctionStorage>> {
             redact_url(url)
         ))),
     }
-}
-
-/// Whether the store at `url` answers in microseconds on the calling thread: an in-process
-/// or local-file store (`memory:`, `sqlite:`, `fs:`) that does not wait for an fsync per
-/// commit (`sync=full`). A server runs such operations inline; the others (network stores,
-/// and stores where many writes should wait at once to share fsyncs) go to its thread pool.
-pub fn answers_in_microseconds(url: &str) -> bool {
-    Url::parse(url).is_ok_and(|url| {
-        matches!(url.scheme(), "memory" | "sqlite" | "fs")
-            && !url.query_pairs().any(|(name, value)| {
-                let mut options = StoreOptions::default();
-                name == "sync"
-                    && options.set(&name, &value).is_ok()
-                    && options.sync == SyncMode::Full
-            })
-    })
 }
 
 /// A store URL fit for logs and messages: its password, and any query parameter named
@@ -345,16 +329,17 @@ mod tests {
 
     #[test]
     fn only_local_stores_without_sync_full_answer_in_microseconds() {
-        assert!(!answers_in_microseconds("fs:///tmp/x?sync=full"));
-        assert!(!answers_in_microseconds(
-            "sqlite:///tmp/x.db?max_attempts=3&sync=full"
-        ));
-        assert!(answers_in_microseconds("fs:///tmp/x"));
-        assert!(answers_in_microseconds("fs:///tmp/x?sync=normal"));
-        assert!(answers_in_microseconds("memory:"));
-        assert!(!answers_in_microseconds("http://127.0.0.1:1"));
-        assert!(!answers_in_microseconds("postgres://h/db"));
-        assert!(!answers_in_microseconds("not a url"));
+        let dir = tempfile::tempdir().unwrap();
+        let at = |url: String| open(&url).unwrap().answers_in_microseconds();
+        let d = dir.path().display();
+        assert!(!at(format!("fs://{d}/a?sync=full")));
+        assert!(!at(format!("sqlite://{d}/b.db?max_attempts=3&sync=full")));
+        assert!(at(format!("sqlite://{d}/c.db")));
+        assert!(at(format!("fs://{d}/d")));
+        assert!(at(format!("fs://{d}/e?sync=normal")));
+        assert!(at("memory:".into()));
+        // A network client never answers on the calling thread alone.
+        assert!(!at("http://127.0.0.1:1".into()));
     }
 
     #[test]

@@ -1137,6 +1137,10 @@ impl FunctionStorage for SqliteStorage {
         })
     }
 
+    fn answers_in_microseconds(&self) -> bool {
+        self.options.sync != SyncMode::Full
+    }
+
     fn stat(&self) -> Result<StoreStats> {
         let counts = self.read_snapshot("stat", |tx| {
             let mut counts = [0u64; 6];

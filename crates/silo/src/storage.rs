@@ -378,6 +378,16 @@ pub trait FunctionStorage: Send + Sync + fmt::Debug {
 
     /// Counts of what the store holds.
     fn stat(&self) -> Result<StoreStats>;
+
+    /// Whether operations complete in microseconds on the calling thread: an in-process or
+    /// local-file store that neither crosses a network nor waits for an fsync per commit
+    /// (`sync=full`). A server runs such a store's point operations on its async reactor and
+    /// every other store's on a blocking pool — the default, always safe: a network client
+    /// must not block a reactor thread (the `postgres` client cannot even run on one), and
+    /// writes waiting for a flush should wait together.
+    fn answers_in_microseconds(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -11,8 +11,12 @@
 //! silo's `fs:` backend: the "fs vs vgi sqlite" group, its processes rows, the 1k-vs-20k-entries
 //! section and the `sync=full` section (those two alone: `scale`, `sync`); `server` — `silo
 //! serve` against the incumbent's server through the incumbent's client, concurrent clients,
-//! silo's batch API and a Redis reference (`server.rs`).
+//! silo's batch API and a Redis reference (`server.rs`); `postgres` — silo's `postgres://`
+//! backend against the same SQL issued raw, batches, processes, and `silo serve` on it (`pg.rs`);
+//! `postgres-vacuum` (only by name; `--pairs N`, default 1 M) — the queue table's size under
+//! push/pop churn.
 
+mod pg;
 mod server;
 
 use std::collections::HashSet;
@@ -562,6 +566,21 @@ fn worker(args: &[String]) {
                 writeln!(out, "{i}").expect("stdout");
             }
         }
+        "claim" => {
+            // Claims and acks through silo's own API (the Subject has no leases).
+            let store = silo::open(target).expect("open silo");
+            while let Some(claim) = store
+                .queue_claim(b"mp", Duration::from_secs(60))
+                .expect("claim")
+            {
+                let (t, i) = origin(&claim.value);
+                if claim.value != value(t, i, 100) {
+                    writeln!(out, "torn {t} {i}").expect("stdout");
+                }
+                store.queue_ack(b"mp", claim.id).expect("ack");
+                writeln!(out, "{i}").expect("stdout");
+            }
+        }
         "append" => {
             let me: usize = std::process::id() as usize;
             for i in 0..count {
@@ -595,16 +614,34 @@ fn processes(imp: &str, backend: &str, role: &str, total: usize) -> (f64, Result
         ("silo", _) => format!("sqlite://{}", dir.path().join("mp.db").display()),
         _ => dir.path().join("mp.db").display().to_string(),
     };
-    let sub = open_subject(imp, &target);
-    if role == "pop" {
+    processes_at(imp, &target, role, total, 4)
+}
+
+/// [`processes`] on the store at `target` (fresh: scope `mp` unused) with `workers` processes;
+/// roles `pop`, `claim` (claim + ack, silo only) and `append`.
+fn processes_at(
+    imp: &str,
+    target: &str,
+    role: &str,
+    total: usize,
+    workers: usize,
+) -> (f64, Result<(), String>) {
+    let sub = open_subject(imp, target);
+    if role == "pop" || role == "claim" {
         let items: Vec<_> = (0..total).map(|i| value(0, i, 100)).collect();
         items.chunks(BATCH).for_each(|c| sub.push(b"mp", c));
     }
     let exe = std::env::current_exe().expect("own path");
-    let mut children: Vec<_> = (0..4)
+    let mut children: Vec<_> = (0..workers)
         .map(|_| {
             Command::new(&exe)
-                .args(["--worker", role, imp, &target, &(total / 4).to_string()])
+                .args([
+                    "--worker",
+                    role,
+                    imp,
+                    target,
+                    &(total / workers).to_string(),
+                ])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -1630,6 +1667,20 @@ fn main() {
     } else {
         (String::new(), Vec::new())
     };
+    let (mut pg_md, mut pg_failures) = if wants(&["postgres"]) {
+        pg::section(settings.reps, quick)
+    } else {
+        (String::new(), Vec::new())
+    };
+    // Minutes long, so only when asked for by name.
+    if only.as_deref() == Some("postgres-vacuum") {
+        let pairs = flag("--pairs")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(1_000_000);
+        let (md, failures) = pg::vacuum_section(pairs);
+        pg_md.push_str(&md);
+        pg_failures.extend(failures);
+    }
 
     // ---- the report
     let silo_failures: Vec<String> = cells
@@ -1653,6 +1704,7 @@ fn main() {
             Some(format!("{} ({} writers): {e}", r.name, r.writers))
         }))
         .chain(server_failures)
+        .chain(pg_failures)
         .collect();
     let all_ok = silo_failures.is_empty();
     let vgi_failures: Vec<String> = cells
@@ -1761,6 +1813,7 @@ fn main() {
         }
     }
     md.push_str(&server_md);
+    md.push_str(&pg_md);
     if !silo_failures.is_empty() {
         let _ = writeln!(md, "\n## Runs where silo FAILED verification\n");
         for f in &silo_failures {

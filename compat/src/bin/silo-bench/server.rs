@@ -44,7 +44,7 @@ fn start_servers(dir: &Path) -> Servers {
     }
 }
 
-fn vgi_client(url: &str) -> Vgi {
+pub(super) fn vgi_client(url: &str) -> Vgi {
     Vgi(Arc::new(vgi::storage::HttpStorage::new(
         url.to_string(),
         None,
@@ -56,10 +56,10 @@ fn silo_client(url: &str) -> silo::http::HttpStorage {
 }
 
 /// The single-client operations, in table order.
-const OPS: [&str; 5] = ["kv_put", "kv_get", "append", "queue_push", "queue_pop"];
+pub(super) const OPS: [&str; 5] = ["kv_put", "kv_get", "append", "queue_push", "queue_pop"];
 
 /// One run of `op` by one client: operations per second, checked.
-fn one_client(sub: &dyn Subject, op: &str, n: usize, run: usize) -> Result<f64, String> {
+pub(super) fn one_client(sub: &dyn Subject, op: &str, n: usize, run: usize) -> Result<f64, String> {
     let scope = format!("server-{op}-{run}").into_bytes();
     // Reads and pops need something to read: written before the clock starts.
     match op {

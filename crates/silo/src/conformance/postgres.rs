@@ -225,7 +225,7 @@ impl Cluster {
     }
 
     /// The server's port (its unix socket's name carries it too).
-    fn port(&self) -> u16 {
+    pub fn port(&self) -> u16 {
         self.tcp.as_ref().map_or(5432, |t| t.port)
     }
 

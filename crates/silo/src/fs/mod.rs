@@ -816,6 +816,10 @@ impl<D: Dir> FunctionStorage for FsStore<D> {
         })
     }
 
+    fn answers_in_microseconds(&self) -> bool {
+        self.options.sync != SyncMode::Full
+    }
+
     fn stat(&self) -> Result<StoreStats> {
         self.read(|r| {
             let mut stats = StoreStats {
