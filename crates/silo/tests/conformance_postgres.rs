@@ -267,3 +267,46 @@ fn clear_racing_writers_leaves_no_orphans() {
         "a sweep of every scope leaves nothing: no data lost its scope's row"
     );
 }
+
+/// A worked queue is vacuumed by silo itself every `vacuum_every` retired rows (autovacuum
+/// alone wakes once a minute, and a busy queue bloats in between); with `vacuum_every=0` it is
+/// left to autovacuum. Manual vacuums are counted apart from autovacuum's (`vacuum_count`).
+#[test]
+fn a_worked_queue_is_vacuumed_by_silo() {
+    let vacuums = |store: &PgTemp| -> i64 {
+        let url = url::Url::parse(&store.url).unwrap();
+        let schema = url
+            .query_pairs()
+            .find(|(k, _)| k == "schema")
+            .unwrap()
+            .1
+            .to_string();
+        let sql = format!(
+            "SELECT coalesce(sum(vacuum_count), 0) FROM pg_stat_user_tables \
+             WHERE schemaname = '{schema}' AND relname = 'queue'"
+        );
+        cluster().unwrap().psql(&sql).unwrap().parse().unwrap()
+    };
+    let work = |store: &PgTemp| {
+        let items: Vec<Vec<u8>> = (0..300u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        store.queue_push(b"q", &items).unwrap();
+        while store.queue_pop(b"q").unwrap().is_some() {}
+    };
+    let Some(busy) = pg("vacuum_every=100") else {
+        return;
+    };
+    let quiet = pg("vacuum_every=0").unwrap();
+    work(&busy);
+    work(&quiet);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while vacuums(&busy) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "300 pops with vacuum_every=100 and no vacuum of the queue table"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(vacuums(&quiet), 0, "vacuum_every=0 vacuumed");
+    let err = silo::open(&cluster().unwrap().fresh_url("vacuum_every=x")).unwrap_err();
+    assert!(matches!(err, silo::Error::Config { .. }), "{err}");
+}
