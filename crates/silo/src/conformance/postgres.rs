@@ -100,22 +100,13 @@ impl Cluster {
             run(Command::new("chown").arg("postgres:postgres").arg(&dir))?;
         }
         let data = dir.join("data");
-        let as_owner = |program: &str| {
-            let exe = bin.join(program);
-            if root {
-                let mut c = Command::new("runuser");
-                c.args(["-u", "postgres", "--"]).arg(exe);
-                c
-            } else {
-                Command::new(exe)
-            }
-        };
-        run(as_owner("initdb")
+        run(as_owner(bin, "initdb")
             .arg("-D")
             .arg(&data)
             .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"])
             .arg("--no-sync"))?;
-        // Durability of the cluster itself is not under test: fsync off keeps tests fast.
+        // Durability of the cluster itself is not under test (unless `durable`, for benchmarks):
+        // fsync off keeps tests fast.
         let mut server_options = format!(
             "-k {} -c max_connections=400 -c shared_buffers=64MB{}",
             dir.display(),
@@ -179,14 +170,7 @@ impl Cluster {
 
     /// Runs `pg_ctl` on the cluster (as its owner), waiting for it.
     fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
-        let exe = self.bin.join("pg_ctl");
-        let mut c = if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(exe);
-            c
-        } else {
-            Command::new(exe)
-        };
+        let mut c = as_owner(&self.bin, "pg_ctl");
         c.arg("-D")
             .arg(self.dir.join("data"))
             .arg("-l")
@@ -382,6 +366,19 @@ fn find_binaries() -> Option<PathBuf> {
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .find(|d| has(d))
+}
+
+/// `bin/program`, run as the `postgres` user when this process is root (PostgreSQL refuses
+/// to run as root).
+fn as_owner(bin: &Path, program: &str) -> Command {
+    let exe = bin.join(program);
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(exe);
+        c
+    } else {
+        Command::new(exe)
+    }
 }
 
 fn is_root() -> bool {
