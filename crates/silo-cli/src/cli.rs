@@ -69,7 +69,7 @@ pub enum Command {
     /// Atomic i64 counters.
     #[command(subcommand)]
     Counter(CounterCmd),
-    /// Drop everything of a scope: state, logs, counters, queue.
+    /// Drop everything of a scope: state, logs, counters, queue; prints how many entries went.
     Clear {
         /// The scope to drop.
         scope: String,

@@ -191,8 +191,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             emit(&mut out, format!("{n}\n").as_bytes())
         }
         Command::Clear { scope } => {
-            store.clear(&name(&scope)?)?;
-            Ok(())
+            let n = store.clear(&name(&scope)?)?;
+            emit(&mut out, format!("{n}\n").as_bytes())
         }
         Command::Serve(_) => Err(Failure::Usage("serve is handled above".into())),
         Command::Gc { ttl_secs } => {

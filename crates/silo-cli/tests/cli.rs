@@ -153,7 +153,11 @@ fn log_queue_counter_clear_gc_stat() {
         stat.contains("backend: sqlite") && stat.contains("log_entries: 2"),
         "{stat}"
     );
-    ok(silo(&e, &["clear", "s"]));
+    assert_eq!(
+        ok(silo(&e, &["clear", "s"])),
+        "3\n",
+        "two log entries and a counter"
+    );
     assert_eq!(ok(silo(&e, &["counter", "get", "s", "n", "c"])), "0\n");
     ok(silo(&e, &["kv", "put", "t", "k", "v"]));
     assert_eq!(ok(silo(&e, &["gc", "--ttl", "3600"])), "0\n");

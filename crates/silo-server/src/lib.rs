@@ -92,6 +92,7 @@ fn is_point_op(op: &StorageOp) -> bool {
         StorageOp::Scan { .. }
         | StorageOp::QueuePush { .. }
         | StorageOp::Clear { .. }
+        | StorageOp::ClearCounted { .. }
         | StorageOp::Gc { .. }
         | StorageOp::StateGetMany { .. }
         | StorageOp::StatePutMany { .. }

@@ -672,8 +672,9 @@ impl FunctionStorage for HttpStorage {
         expect!(reply, "QueueDeadLetters", StorageReply::DeadLetters(d) => d)
     }
 
-    fn clear(&self, scope: &[u8]) -> Result<()> {
-        expect!(self.call(StorageOp::Clear { scope: b(scope) })?, "Clear", StorageReply::Unit => ())
+    fn clear(&self, scope: &[u8]) -> Result<u64> {
+        let reply = self.call(StorageOp::ClearCounted { scope: b(scope) })?;
+        expect!(reply, "ClearCounted", StorageReply::Count(n) => n)
     }
 
     fn gc_prefix(&self, scope_prefix: &[u8], ttl: Duration) -> Result<u64> {

@@ -276,7 +276,7 @@ where
         })
     }
 
-    fn clear(&self, scope: &[u8]) -> Result<()> {
+    fn clear(&self, scope: &[u8]) -> Result<u64> {
         self.layer
             .call("clear", || self.inner.clear(&self.layer.name(scope)))
     }

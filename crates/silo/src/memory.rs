@@ -232,6 +232,14 @@ impl MemoryStorage {
 }
 
 impl Scope {
+    /// How many entries the scope holds: state pairs, log entries, counters, queue items
+    /// (claimed ones included) and dead letters. What `clear` answers.
+    pub(crate) fn entries(&self) -> u64 {
+        let state: usize = self.state.values().map(|m| m.len()).sum();
+        let logs: usize = self.logs.values().map(|l| l.len()).sum();
+        (state + logs + self.counters.len() + self.queue.len() + self.dead.len()) as u64
+    }
+
     /// The id of the oldest item that may be delivered now, dead-lettering exhausted ones.
     fn next_visible(&mut self, now: i64, max_attempts: u32) -> Option<i64> {
         loop {
@@ -564,10 +572,8 @@ impl FunctionStorage for MemoryStorage {
             .unwrap_or_default())
     }
 
-    fn clear(&self, scope: &[u8]) -> Result<()> {
-        self.with(|inner| {
-            inner.scopes.remove(scope);
-        })
+    fn clear(&self, scope: &[u8]) -> Result<u64> {
+        self.with(|inner| inner.scopes.remove(scope).map_or(0, |s| s.entries()))
     }
 
     fn gc_prefix(&self, scope_prefix: &[u8], ttl: Duration) -> Result<u64> {

@@ -975,7 +975,13 @@ impl PostgresStorage {
     /// Deletes a scope's row, then its data (each statement sees what committed before it,
     /// so a write that held the row is deleted with the rest). With `stale_before`, only a
     /// scope not touched since then; returns whether it was dropped.
-    fn drop_scope(conn: &mut Conn, scope: &[u8], stale_before: Option<i64>) -> Attempt<bool> {
+    /// Drops the scope (only when untouched since `stale_before`, if given); returns how many
+    /// entries went, or `None` when the scope was not stale.
+    fn drop_scope(
+        conn: &mut Conn,
+        scope: &[u8],
+        stale_before: Option<i64>,
+    ) -> Attempt<Option<u64>> {
         let removed = match stale_before {
             Some(cutoff) => conn.execute(
                 "DELETE FROM scopes WHERE scope = $1 AND touched_ms < $2",
@@ -984,12 +990,13 @@ impl PostgresStorage {
             None => conn.execute("DELETE FROM scopes WHERE scope = $1", &[&scope])?,
         };
         if removed == 0 && stale_before.is_some() {
-            return Ok(false);
+            return Ok(None);
         }
+        let mut entries = 0;
         for table in SCOPED_TABLES {
-            conn.execute(&format!("DELETE FROM {table} WHERE scope = $1"), &[&scope])?;
+            entries += conn.execute(&format!("DELETE FROM {table} WHERE scope = $1"), &[&scope])?;
         }
-        Ok(true)
+        Ok(Some(entries))
     }
 }
 
@@ -1454,9 +1461,9 @@ impl FunctionStorage for PostgresStorage {
         })
     }
 
-    fn clear(&self, scope: &[u8]) -> Result<()> {
+    fn clear(&self, scope: &[u8]) -> Result<u64> {
         self.run("clear", Kind::Atomic, |c| {
-            Self::drop_scope(c, scope, None).map(drop)
+            Ok(Self::drop_scope(c, scope, None)?.unwrap_or(0))
         })
     }
 
@@ -1487,9 +1494,12 @@ impl FunctionStorage for PostgresStorage {
             seen_all = (stale.len() as i64) < BATCH;
             let mut progress = false;
             for scope in &stale {
-                if self.run("gc", Kind::Atomic, |c| {
-                    Self::drop_scope(c, scope, Some(cutoff))
-                })? {
+                if self
+                    .run("gc", Kind::Atomic, |c| {
+                        Self::drop_scope(c, scope, Some(cutoff))
+                    })?
+                    .is_some()
+                {
                     dropped += 1;
                     progress = true;
                 }

@@ -603,12 +603,19 @@ fn range_sql(range: &KeyRange, first_param: usize) -> (String, Vec<&[u8]>) {
     (sql, args)
 }
 
-fn clear_scope(tx: &Connection, scope: &[u8]) -> rusqlite::Result<()> {
+/// Deletes the scope's rows from every table; returns how many entries went (the `scopes` row
+/// is bookkeeping, not an entry).
+fn clear_scope(tx: &Connection, scope: &[u8]) -> rusqlite::Result<u64> {
+    let mut entries = 0;
     for table in SCOPED_TABLES {
-        tx.prepare_cached(&format!("DELETE FROM {table} WHERE scope = ?1"))?
+        let n = tx
+            .prepare_cached(&format!("DELETE FROM {table} WHERE scope = ?1"))?
             .execute(params![scope])?;
+        if table != "scopes" {
+            entries += n as u64;
+        }
     }
-    Ok(())
+    Ok(entries)
 }
 
 /// Moves exhausted head items to the dead-letter list and returns the oldest deliverable one:
@@ -1074,7 +1081,7 @@ impl FunctionStorage for SqliteStorage {
         })
     }
 
-    fn clear(&self, scope: &[u8]) -> Result<()> {
+    fn clear(&self, scope: &[u8]) -> Result<u64> {
         self.write("clear", |tx| Ok(clear_scope(tx, scope)?))
     }
 

@@ -325,8 +325,10 @@ pub trait FunctionStorage: Send + Sync + fmt::Debug {
 
     // ----- lifecycle -----
 
-    /// Drops everything of the scope: state, logs, counters, queue and dead letters.
-    fn clear(&self, scope: &[u8]) -> Result<()>;
+    /// Drops everything of the scope: state, logs, counters, queue and dead letters; returns
+    /// how many entries it dropped (state pairs + log entries + counters + queue items, claimed
+    /// ones included, + dead letters).
+    fn clear(&self, scope: &[u8]) -> Result<u64>;
 
     /// Drops every scope not written for longer than `ttl`; returns how many were dropped.
     fn gc(&self, ttl: Duration) -> Result<u64> {

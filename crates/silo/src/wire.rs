@@ -181,6 +181,8 @@ operations! {
     /// Several operations in one request, applied in order as one atomic unit (all or none),
     /// answered with one reply per operation. A batch may not hold another batch.
     30 Batch [] { ops: Batch<StorageOp> } -> Replies, Write;
+    /// `Clear` that answers how many entries it dropped.
+    31 ClearCounted [scope] {} -> Count, Write;
 }
 
 pub use crate::storage::MAX_LIST_LEN;
@@ -570,6 +572,7 @@ pub fn apply(store: &dyn FunctionStorage, op: StorageOp) -> Result<StorageReply>
         Op::Sweep { ttl_ms } => Reply::Count(store.gc(Duration::from_millis(ttl_ms))?),
         Op::Stat {} => Reply::Stats(store.stat()?),
         Op::Batch { ops } => Reply::Replies(apply_batch(store, ops.0)?),
+        Op::ClearCounted { scope } => Reply::Count(store.clear(&scope.0)?),
     })
 }
 

@@ -444,16 +444,29 @@ pub fn scopes_are_isolated(s: &dyn FunctionStorage) {
     assert_eq!(s.queue_pop(b"iso-a").unwrap(), Some(v("a")));
 }
 
-/// `clear` drops state, logs, counters, the queue and dead letters of one scope only.
+/// `clear` drops state, logs, counters, the queue and dead letters of one scope only, and
+/// answers how many entries it dropped.
 pub fn clear_drops_the_whole_scope(s: &dyn FunctionStorage) {
     for sc in [&b"clr"[..], b"clr-keep"] {
         s.kv_put(sc, b"k", b"v").unwrap();
         s.state_put(sc, b"ns", b"k", b"v").unwrap();
+        s.state_put(sc, b"ns", b"k2", b"v").unwrap();
         s.append(sc, b"n", b"l", b"e").unwrap();
+        s.append(sc, b"n", b"l", b"f").unwrap();
+        s.append(sc, b"m", b"l", b"e").unwrap();
         s.counter_add(sc, b"n", b"c", 3).unwrap();
         s.queue_push(sc, &[v("1"), v("2")]).unwrap();
     }
-    s.clear(b"clr").unwrap();
+    assert!(
+        s.queue_claim(b"clr", Duration::from_secs(60))
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        s.clear(b"clr").unwrap(),
+        9,
+        "3 state pairs + 3 log entries + 1 counter + 2 queue items (one claimed)"
+    );
     assert_eq!(s.kv_get(b"clr", b"k").unwrap(), None);
     assert_eq!(s.state_get(b"clr", b"ns", b"k").unwrap(), None);
     assert!(s.scan(b"clr", b"n", b"l", -1, u64::MAX).unwrap().is_empty());
@@ -470,8 +483,8 @@ pub fn clear_drops_the_whole_scope(s: &dyn FunctionStorage) {
         "other scope untouched"
     );
     assert_eq!(s.queue_len(b"clr-keep").unwrap(), 2);
-    s.clear(b"clr").unwrap();
-    s.clear(b"never-existed").unwrap();
+    assert_eq!(s.clear(b"clr").unwrap(), 0, "nothing left to drop");
+    assert_eq!(s.clear(b"never-existed").unwrap(), 0);
     // A cleared scope is usable again.
     s.kv_put(b"clr", b"k", b"again").unwrap();
     assert_eq!(s.kv_get(b"clr", b"k").unwrap(), Some(v("again")));

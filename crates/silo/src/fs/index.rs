@@ -295,6 +295,14 @@ impl Index {
 }
 
 impl Scope {
+    /// How many entries the scope holds: state pairs, log entries, counters, queue items
+    /// (claimed ones included) and dead letters. What `clear` answers.
+    pub fn entries(&self) -> u64 {
+        let state: usize = self.state.values().map(|m| m.len()).sum();
+        let logs: usize = self.logs.values().map(|l| l.len()).sum();
+        (state + logs + self.counters.len() + self.queue.len() + self.dead.len()) as u64
+    }
+
     /// The id of the oldest item that may be delivered now, if any, and the exhausted items
     /// in front of it that must be buried first (in order).
     pub fn next_visible(&self, now: i64, max_attempts: u32) -> (Vec<i64>, Option<i64>) {

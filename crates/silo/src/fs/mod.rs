@@ -763,12 +763,13 @@ impl<D: Dir> FunctionStorage for FsStore<D> {
         })
     }
 
-    fn clear(&self, scope: &[u8]) -> Result<()> {
+    fn clear(&self, scope: &[u8]) -> Result<u64> {
         self.write(|tx| {
-            if tx.scope(scope).is_some() {
-                tx.emit(&Rec::Clear { scope })?;
-            }
-            Ok(())
+            let Some(entries) = tx.scope(scope).map(|s| s.entries()) else {
+                return Ok(0);
+            };
+            tx.emit(&Rec::Clear { scope })?;
+            Ok(entries)
         })
     }
 
