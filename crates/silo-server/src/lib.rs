@@ -16,6 +16,7 @@ mod auth;
 mod background;
 mod connections;
 mod metrics;
+pub mod python;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -233,6 +234,7 @@ fn routes(app: Arc<App>) -> Router {
         .route("/v1/info", get(info))
         // Runs before any handler touches the body.
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate))
+        .merge(python::routes(app.clone()))
         .route("/health", get(|| async { "ok" }))
         .with_state(app)
 }
@@ -316,18 +318,6 @@ fn error_response(e: &Error) -> Response {
 fn error_with_status(status: StatusCode, e: &Error) -> Response {
     let mut response = error_response(e);
     *response.status_mut() = status;
-    response
-}
-
-/// `503` with `Retry-After`: the server is full; the caller should come back shortly.
-fn overloaded(what: &str) -> Response {
-    let e = Error::Unavailable {
-        message: format!("the server is busy ({what}); retry shortly"),
-    };
-    let mut response = error_response(&e);
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
 }
 
@@ -463,15 +453,82 @@ fn is_reply_too_large(e: &Error) -> bool {
     matches!(e, Error::InvalidInput { message } if message.starts_with(REPLY_TOO_LARGE))
 }
 
-async fn rpc(State(app): State<Arc<App>>, request: Request) -> Response {
+/// Why a request was turned away before its operation ran: the status, the error, and whether
+/// the caller should come back shortly (`Retry-After`). Each protocol renders it its own way.
+struct Refusal {
+    status: StatusCode,
+    error: Error,
+    retry_after: bool,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, error: Error) -> Self {
+        Refusal {
+            status,
+            error,
+            retry_after: false,
+        }
+    }
+
+    /// `503`: the server is full; the caller should come back shortly.
+    fn overloaded(what: &str) -> Self {
+        Refusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error: Error::Unavailable {
+                message: format!("the server is busy ({what}); retry shortly"),
+            },
+            retry_after: true,
+        }
+    }
+
+    fn too_large(max_body: usize) -> Self {
+        let message = format!(
+            "request body over the server's limit of {max_body} bytes (silo serve --max-body-bytes)"
+        );
+        Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, Error::invalid(message))
+    }
+
+    /// The VGI wire's rendering: the error kind's answer with this status.
+    fn into_wire_response(self) -> Response {
+        let mut response = error_with_status(self.status, &self.error);
+        if self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// A request let in: its caller's scope prefix, its body, the reply limit that applies, and
+/// the request slot and body bytes it holds until its work ends.
+struct Admitted {
+    prefix: Vec<u8>,
+    body: axum::body::Bytes,
+    reply_limit: usize,
+    held: (
+        tokio::sync::OwnedSemaphorePermit,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
+}
+
+/// Lets a request in, for any protocol: a request slot, a reservation of its body's bytes,
+/// then its body, read within the body deadline and the body limit. Counts what it refuses.
+async fn admit(app: &Arc<App>, request: Request) -> Result<Admitted, Refusal> {
     let prefix = match request.extensions().get::<Caller>() {
         Some(caller) => caller.prefix.clone(),
-        None => return error_response(&Error::invalid("no caller (a server bug)")),
+        None => {
+            return Err(Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Error::invalid("no caller (a server bug)"),
+            ));
+        }
     };
     let max_body = app.config.max_body_bytes;
     let declared = declared_length(request.headers());
     if declared.is_some_and(|n| n > max_body) {
-        return too_large(&app, max_body);
+        app.metrics.reject(Rejection::TooLarge);
+        return Err(Refusal::too_large(max_body));
     }
     let limits = app.config.limits;
     // The client's own reply limit, when it sends one: the reply is checked against the
@@ -490,7 +547,9 @@ async fn rpc(State(app): State<Arc<App>>, request: Request) -> Response {
     let slot = tokio::time::timeout(limits.queue_wait, app.requests.clone().acquire_owned());
     let Ok(Ok(slot)) = slot.await else {
         app.metrics.reject(Rejection::Overloaded);
-        return overloaded("every request slot is taken; silo serve --max-concurrent-requests");
+        return Err(Refusal::overloaded(
+            "every request slot is taken; silo serve --max-concurrent-requests",
+        ));
     };
     // Reserve the body's bytes before reading them: the declared length, or the most a body
     // may be when the caller streams it without one (capped at the whole budget).
@@ -504,7 +563,9 @@ async fn rpc(State(app): State<Arc<App>>, request: Request) -> Response {
     );
     let Ok(Ok(bytes)) = bytes.await else {
         app.metrics.reject(Rejection::Overloaded);
-        return overloaded("too many request bytes in flight; silo serve --max-inflight-bytes");
+        return Err(Refusal::overloaded(
+            "too many request bytes in flight; silo serve --max-inflight-bytes",
+        ));
     };
     let body = http_body_util::Limited::new(request.into_body(), max_body);
     let body = match tokio::time::timeout(limits.body_timeout, body.collect()).await {
@@ -513,23 +574,67 @@ async fn rpc(State(app): State<Arc<App>>, request: Request) -> Response {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            return too_large(&app, max_body);
+            app.metrics.reject(Rejection::TooLarge);
+            return Err(Refusal::too_large(max_body));
         }
         Ok(Err(e)) => {
             app.metrics.reject(Rejection::Undecodable);
-            return error_response(&Error::invalid(format!("cannot read the body: {e}")));
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                Error::invalid(format!("cannot read the body: {e}")),
+            ));
         }
         Err(_) => {
             app.metrics.reject(Rejection::Timeout);
-            return error_with_status(
+            return Err(Refusal::new(
                 StatusCode::REQUEST_TIMEOUT,
-                &Error::invalid(format!(
+                Error::invalid(format!(
                     "the body did not arrive within {:?} (silo serve --body-timeout-ms)",
                     limits.body_timeout
                 )),
-            );
+            ));
         }
     };
+    Ok(Admitted {
+        prefix,
+        body,
+        reply_limit,
+        held: (slot, bytes),
+    })
+}
+
+/// Runs `job` inline (catching a panic) or on the blocking pool; a panic comes back as its
+/// message.
+async fn run_job<T: Send + 'static>(
+    inline: bool,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    if inline {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).map_err(|panic| {
+            panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into())
+        })
+    } else {
+        tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|join| join.to_string())
+    }
+}
+
+async fn rpc(State(app): State<Arc<App>>, request: Request) -> Response {
+    let Admitted {
+        prefix,
+        body,
+        reply_limit,
+        held,
+    } = match admit(&app, request).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal.into_wire_response(),
+    };
+    let limits = app.config.limits;
     let request: StorageRequest = match wire::decode(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -566,23 +671,10 @@ async fn rpc(State(app): State<Arc<App>>, request: Request) -> Response {
         app.config.inline_point_ops && body.len() <= INLINE_MAX_BODY && is_point_op(&request.op);
     let worker = app.clone();
     let job = move || {
-        let _held = (slot, bytes);
+        let _held = held;
         worker.execute(&prefix, reply_limit, &body, request)
     };
-    let outcome = if inline {
-        // A panic must still become an error reply, as the pool's join error does.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).map_err(|panic| {
-            panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".into())
-        })
-    } else {
-        tokio::task::spawn_blocking(job)
-            .await
-            .map_err(|join| join.to_string())
-    };
+    let outcome = run_job(inline, job).await;
     let response = match outcome {
         Ok(Ok(reply)) => {
             ([(header::CONTENT_TYPE, "application/octet-stream")], reply).into_response()
@@ -615,14 +707,6 @@ fn declared_length(headers: &HeaderMap) -> Option<usize> {
         .ok()?
         .parse()
         .ok()
-}
-
-fn too_large(app: &App, max_body: usize) -> Response {
-    app.metrics.reject(Rejection::TooLarge);
-    let message = format!(
-        "request body over the server's limit of {max_body} bytes (silo serve --max-body-bytes)"
-    );
-    error_with_status(StatusCode::PAYLOAD_TOO_LARGE, &Error::invalid(message))
 }
 
 #[derive(Serialize)]
