@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# Runs every test: the silo workspace, then the interop suite against the `vgi` crate
-# (compat/, a workspace of its own). Ends with one line totalling every test binary.
+# Runs every test: the silo workspace (with vgi-python's own clients driving `silo serve`, from
+# the venv python/venv.sh makes), then the interop suite against the `vgi` crate (compat/, a
+# workspace of its own). Ends with one line totalling every test binary.
 set -euo pipefail
 cd "$(dirname "$0")"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# Python 3.13 + vgi-python for python_clients.rs; without it those tests say SKIPPED (or fail,
+# with SILO_REQUIRE_PYTHON=1).
+if python=$(python/venv.sh | tail -n 1); then
+    export SILO_PYTHON="$python"
+else
+    echo "test.sh: python/venv.sh failed: the vgi-python tests will be skipped" >&2
+fi
 cargo test --workspace 2>&1 | tee -a "$log"
 cargo test --manifest-path compat/Cargo.toml 2>&1 | tee -a "$log"
-awk '/^ *Running / { pg = ($0 ~ /postgres/) }
+awk '/^ *Running / { pg = ($0 ~ /postgres/); py = ($0 ~ /python_clients/) }
      /SKIPPED: PostgreSQL/ { skipped = 1 }
-     /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) { p += $(i-1); if (pg) q += $(i-1) } if ($(i) ~ /^failed/) f += $(i-1) } }
-     END { printf "all tests: %d passed, %d failed; %d of them against PostgreSQL%s\n", p, f, q, skipped ? " (PostgreSQL tests SKIPPED: not installed)" : "" }' "$log"
+     /SKIPPED: vgi-python/ { pyskipped = 1 }
+     /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) { p += $(i-1); if (pg) q += $(i-1); if (py) y += $(i-1) } if ($(i) ~ /^failed/) f += $(i-1) } }
+     END { printf "all tests: %d passed, %d failed; %d of them against PostgreSQL%s; %d driving silo serve with vgi-python%s\n", p, f, q, skipped ? " (PostgreSQL tests SKIPPED: not installed)" : "", y, pyskipped ? " (SKIPPED: no venv)" : "" }' "$log"

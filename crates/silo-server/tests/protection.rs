@@ -18,14 +18,11 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{TestServer, sqlite_url};
+use common::{PROMPT, Reply, TestServer, connect, read_reply, send, sqlite_url};
 use silo::http::{HttpOptions, HttpStorage};
 use silo::wire::{self, Bytes, StorageOp, StorageRequest};
 use silo::{Error, FunctionStorage, KeyRange};
 use silo_server::{Auth, Config, Limits};
-
-/// How long any answer the server owes may take before the test gives up on it.
-const PROMPT: Duration = Duration::from_secs(5);
 
 /// A server over a fresh SQLite store, with `configure` applied to the default config.
 fn server_with(
@@ -34,90 +31,6 @@ fn server_with(
     let (dir, url) = sqlite_url("");
     let server = common::start(configure(Config::new(silo::open(&url).unwrap())));
     (dir, url, server)
-}
-
-/// One HTTP response: its status, raw head and body.
-struct Reply {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    /// A header's value (case-insensitive name).
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().skip(1).find_map(|line| {
-            let (n, v) = line.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-impl std::fmt::Debug for Reply {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}{}", self.head, self.text())
-    }
-}
-
-/// A connection to `server` whose reads and writes give up after [`PROMPT`].
-fn connect(server: &TestServer) -> TcpStream {
-    let stream = TcpStream::connect(server.addr).unwrap();
-    stream.set_read_timeout(Some(PROMPT)).unwrap();
-    stream.set_write_timeout(Some(PROMPT)).unwrap();
-    stream.set_nodelay(true).unwrap();
-    stream
-}
-
-/// Reads one response (head, then a `Content-Length` body); panics when none arrives within
-/// the socket's read timeout or the connection closes first.
-fn read_reply(stream: &mut TcpStream) -> Reply {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) => panic!(
-                "the connection closed before a response head arrived; got {:?}",
-                String::from_utf8_lossy(&buf)
-            ),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) => panic!(
-                "no response head ({e}); got {:?}",
-                String::from_utf8_lossy(&buf)
-            ),
-        }
-    };
-    let head = String::from_utf8(buf[..head_end].to_vec()).expect("an ASCII response head");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP status line: {head:?}"));
-    let mut reply = Reply {
-        status,
-        head,
-        body: buf[head_end..].to_vec(),
-    };
-    let length: usize = reply
-        .header("content-length")
-        .unwrap_or_else(|| panic!("no Content-Length in {:?}", reply.head))
-        .parse()
-        .unwrap();
-    while reply.body.len() < length {
-        match stream.read(&mut chunk) {
-            Ok(0) => panic!("the connection closed inside the body: {reply:?}"),
-            Ok(n) => reply.body.extend_from_slice(&chunk[..n]),
-            Err(e) => panic!("the body did not arrive ({e}): {reply:?}"),
-        }
-    }
-    assert!(reply.head.starts_with("HTTP/1.1 "), "{reply:?}");
-    reply
 }
 
 /// The head of a `POST /rpc` declaring `length` body bytes.
@@ -131,13 +44,6 @@ fn rpc_head(length: usize, token: Option<&str>) -> Vec<u8> {
     }
     head.push_str("\r\n");
     head.into_bytes()
-}
-
-/// Sends `bytes` on a new connection and reads the answer.
-fn send(server: &TestServer, bytes: &[u8]) -> Reply {
-    let mut stream = connect(server);
-    stream.write_all(bytes).unwrap();
-    read_reply(&mut stream)
 }
 
 /// A whole `POST /rpc` of `body`, answered.

@@ -2,8 +2,11 @@
 //! stopped (gracefully) when dropped.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::ops::Deref;
 use std::sync::Arc;
+use std::time::Duration;
 
 use silo::FunctionStorage;
 use silo::http::{HttpOptions, HttpStorage};
@@ -83,4 +86,98 @@ pub fn post(url: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
     let status = resp.status().as_u16();
     let text = String::from_utf8_lossy(&resp.body_mut().read_to_vec().unwrap()).into_owned();
     (status, text)
+}
+
+/// How long any answer the server owes may take before the test gives up on it.
+pub const PROMPT: Duration = Duration::from_secs(5);
+
+/// One HTTP response: its status, raw head and body.
+pub struct Reply {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// A header's value (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.head, self.text())
+    }
+}
+
+/// A connection to `server` whose reads and writes give up after [`PROMPT`].
+pub fn connect(server: &TestServer) -> TcpStream {
+    let stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(PROMPT)).unwrap();
+    stream.set_write_timeout(Some(PROMPT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// Reads one response (head, then a `Content-Length` body); panics when none arrives within
+/// the socket's read timeout or the connection closes first.
+pub fn read_reply(stream: &mut TcpStream) -> Reply {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => panic!(
+                "the connection closed before a response head arrived; got {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!(
+                "no response head ({e}); got {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
+        }
+    };
+    let head = String::from_utf8(buf[..head_end].to_vec()).expect("an ASCII response head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP status line: {head:?}"));
+    let mut reply = Reply {
+        status,
+        head,
+        body: buf[head_end..].to_vec(),
+    };
+    let length: usize = reply
+        .header("content-length")
+        .unwrap_or_else(|| panic!("no Content-Length in {:?}", reply.head))
+        .parse()
+        .unwrap();
+    while reply.body.len() < length {
+        match stream.read(&mut chunk) {
+            Ok(0) => panic!("the connection closed inside the body: {reply:?}"),
+            Ok(n) => reply.body.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!("the body did not arrive ({e}): {reply:?}"),
+        }
+    }
+    assert!(reply.head.starts_with("HTTP/1.1 "), "{reply:?}");
+    reply
+}
+
+/// Sends `bytes` on a new connection and reads the answer.
+pub fn send(server: &TestServer, bytes: &[u8]) -> Reply {
+    let mut stream = connect(server);
+    stream.write_all(bytes).unwrap();
+    read_reply(&mut stream)
 }
