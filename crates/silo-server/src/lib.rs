@@ -69,8 +69,11 @@ pub struct Config {
 /// [`Config::inline_point_ops`]).
 const INLINE_MAX_BODY: usize = 16 << 10;
 
-/// Whether `op` touches a bounded handful of entries: one key, one item, one claim. Listed
-/// exhaustively so that a new operation is classified when it is added.
+/// Whether `op` touches a bounded handful of entries: one key, one item, one claim — or the
+/// keys and items its body lists, which the body's size bounds (inline operations have bodies
+/// of at most [`INLINE_MAX_BODY`]). Scans, drains and clears touch what the store holds, not
+/// what the request carries. Listed exhaustively so that a new operation is classified when
+/// it is added.
 fn is_point_op(op: &StorageOp) -> bool {
     match op {
         StorageOp::KvGet { .. }
@@ -89,14 +92,14 @@ fn is_point_op(op: &StorageOp) -> bool {
         | StorageOp::QueueClaim { .. }
         | StorageOp::QueueAck { .. }
         | StorageOp::QueueRelease { .. }
-        | StorageOp::QueueExtend { .. } => true,
-        StorageOp::Scan { .. }
+        | StorageOp::QueueExtend { .. }
         | StorageOp::QueuePush { .. }
+        | StorageOp::StateGetMany { .. }
+        | StorageOp::StatePutMany { .. } => true,
+        StorageOp::Scan { .. }
         | StorageOp::Clear { .. }
         | StorageOp::ClearCounted { .. }
         | StorageOp::Gc { .. }
-        | StorageOp::StateGetMany { .. }
-        | StorageOp::StatePutMany { .. }
         | StorageOp::StateScan { .. }
         | StorageOp::StateDelete { .. }
         | StorageOp::StateDrain { .. }

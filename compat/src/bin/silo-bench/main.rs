@@ -14,9 +14,11 @@
 //! silo's batch API and a Redis reference (`server.rs`); `postgres` — silo's `postgres://`
 //! backend against the same SQL issued raw, batches, processes, and `silo serve` on it (`pg.rs`);
 //! `postgres-vacuum` (only by name; `--pairs N`, default 1 M) — the queue table's size under
-//! push/pop churn.
+//! push/pop churn; `python` — vgi-python's remote client against `silo serve`'s `/python`
+//! beside vgi-python's local SQLite, driven from Python (`python.rs`, `python/bench_storage.py`).
 
 mod pg;
+mod python;
 mod server;
 
 use std::collections::HashSet;
@@ -1672,6 +1674,11 @@ fn main() {
     } else {
         (String::new(), Vec::new())
     };
+    let (python_md, python_failures) = if wants(&["python"]) {
+        python::section(settings.reps, quick, dir.path())
+    } else {
+        (String::new(), Vec::new())
+    };
     // Minutes long, so only when asked for by name.
     if only.as_deref() == Some("postgres-vacuum") {
         let pairs = flag("--pairs")
@@ -1705,6 +1712,7 @@ fn main() {
         }))
         .chain(server_failures)
         .chain(pg_failures)
+        .chain(python_failures)
         .collect();
     let all_ok = silo_failures.is_empty();
     let vgi_failures: Vec<String> = cells
@@ -1814,6 +1822,7 @@ fn main() {
     }
     md.push_str(&server_md);
     md.push_str(&pg_md);
+    md.push_str(&python_md);
     if !silo_failures.is_empty() {
         let _ = writeln!(md, "\n## Runs where silo FAILED verification\n");
         for f in &silo_failures {
