@@ -327,7 +327,8 @@ pub trait FunctionStorage: Send + Sync + fmt::Debug {
 
     /// Drops everything of the scope: state, logs, counters, queue and dead letters; returns
     /// how many entries it dropped (state pairs + log entries + counters + queue items, claimed
-    /// ones included, + dead letters).
+    /// ones included, + dead letters). The http client against the `vgi` crate's server, which
+    /// clears without counting, answers 0.
     fn clear(&self, scope: &[u8]) -> Result<u64>;
 
     /// Drops every scope not written for longer than `ttl`; returns how many were dropped.
