@@ -13,6 +13,7 @@ The store is --store URL, else SILO_STORAGE_URL, else the VGI variables
 SQLite file $XDG_STATE_HOME/silo/state.db (~/.local/state/silo/state.db).
 URLs: memory:, sqlite:///abs/path.db[?sync=full&max_attempts=N&...],
 fs:///abs/dir[?sync=full&segment_bytes=N&...], http://host:port
+Backup and restore of fs: stores: silo replicate, silo restore.
 
 Exit status: 0 success; 1 nothing found (missing key, empty queue, lost lease);
 2 bad command line or input; 3 the store reported an error.";
@@ -55,6 +56,10 @@ impl Cli {
 pub enum Command {
     /// Serve the store over HTTP (the VGI storage wire protocol); prints `PORT:<n>` once bound.
     Serve(ServeArgs),
+    /// Ship an fs: store's log to object storage, continuously (or --once), for restore.
+    Replicate(ReplicateArgs),
+    /// Rebuild an fs: store from a replica, as of the latest shipped point, a frame or a time.
+    Restore(RestoreArgs),
     /// Counts of what the store holds, its location and limits.
     Stat,
     /// Key/value state of a scope (the empty namespace).
@@ -165,6 +170,110 @@ pub struct ServeArgs {
     /// Largest reply; a read that would answer more fails (page it), a drain is rolled back.
     #[arg(long, value_name = "BYTES", default_value_t = silo_server::Limits::default().max_reply_bytes)]
     pub max_reply_bytes: usize,
+
+    /// Ship the store's log to this target while serving (fs: stores; see `silo replicate`).
+    #[arg(long, value_name = "URL")]
+    pub replicate: Option<String>,
+
+    #[command(flatten)]
+    pub ship: ShipFlags,
+}
+
+const REPLICATE_HELP: &str = "\
+Targets: file:///abs/dir, s3://bucket/prefix (credentials, region and endpoint from AWS_*:
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT for S3-compatible services,
+AWS_ALLOW_HTTP=true for a plain-HTTP endpoint), gs://bucket/prefix (GOOGLE_*),
+az://container/prefix (AZURE_*). Ship each store to its own prefix.
+
+Every frame the store writes is uploaded in order, as segment objects named by their frame
+range, times and hash, with manifest.json saying how far it got (durable_frame_no); compacted
+bases go as snapshots. The store keeps every segment not shipped yet (a REPLICA file in its
+directory), so a shipper that is down or cut off loses nothing; delete REPLICA to stop
+replicating for good. Restore with `silo restore`.";
+
+/// How far back the replica must stay restorable, and how often to ship.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShipFlags {
+    /// Ship at least this often, in seconds: the most recent history a lost disk can take.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub max_lag: f64,
+
+    /// Keep every point of this window restorable (e.g. 7d, 12h) and delete older objects;
+    /// default: keep everything.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub retain: Option<std::time::Duration>,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = REPLICATE_HELP)]
+pub struct ReplicateArgs {
+    /// Where to ship (file:///abs/dir, s3://bucket/prefix, gs://…, az://…).
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+
+    /// Ship everything written so far, then exit (for scripts and cron).
+    #[arg(long)]
+    pub once: bool,
+
+    #[command(flatten)]
+    pub ship: ShipFlags,
+}
+
+const RESTORE_HELP: &str = "\
+Restores exactly the operations up to the chosen point (never a torn one), from the newest
+snapshot before it plus the segments after, checking every object's hash and every frame's
+checksum. --at includes every frame at or before the moment. The destination must be a new
+or empty directory; the result is opened as a store before restore reports success.
+
+Exit status: 0 restored; 2 bad command line or point; 3 the replica or the target failed
+(a damaged object is named; --stop-before-damage restores up to just before it).";
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = RESTORE_HELP)]
+pub struct RestoreArgs {
+    /// The replica (file:///abs/dir, s3://bucket/prefix, gs://…, az://…).
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+
+    /// The new store: fs:///abs/dir (missing or empty).
+    #[arg(long, value_name = "URL", required_unless_present = "list")]
+    pub to: Option<String>,
+
+    /// Restore the state as of this moment (RFC 3339, e.g. 2026-12-05T14:00:00Z).
+    #[arg(long, value_name = "TIME", value_parser = parse_time, conflicts_with_all = ["frame", "latest"])]
+    pub at: Option<i64>,
+
+    /// Restore the state after this frame.
+    #[arg(long, value_name = "N", conflicts_with = "latest")]
+    pub frame: Option<u64>,
+
+    /// Restore the last shipped point (the default).
+    #[arg(long)]
+    pub latest: bool,
+
+    /// A damaged object ends the restore at the frame before it instead of failing it.
+    #[arg(long)]
+    pub stop_before_damage: bool,
+
+    /// Show the restorable range instead of restoring.
+    #[arg(long, conflicts_with_all = ["to", "at", "frame", "latest", "stop_before_damage"])]
+    pub list: bool,
+}
+
+/// `7d`, `12h`, `90s`, `1h 30m`: a duration.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 7d or 12h: {e}"))
+}
+
+/// An RFC 3339 moment, as ms since the epoch.
+fn parse_time(s: &str) -> Result<i64, String> {
+    let t = humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time like 2026-12-05T14:00:00Z: {e}"))?;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{s:?} is before 1970"))?
+        .as_millis();
+    i64::try_from(ms).map_err(|_| format!("{s:?} is too far in the future"))
 }
 
 #[derive(Debug, Subcommand)]

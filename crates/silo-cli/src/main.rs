@@ -3,6 +3,7 @@
 //! `cli.rs`, this file runs the operations and prints their results.
 
 mod cli;
+mod replicate;
 mod serve;
 
 use std::io::{self, Read, Write};
@@ -72,6 +73,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
     if let Command::Serve(args) = cli.command {
         return serve::run(args, cli.store.as_deref()).map_err(Failure::Serve);
     }
+    match &cli.command {
+        Command::Replicate(args) => {
+            let url = match &cli.store {
+                Some(url) => url.clone(),
+                None => silo::EnvConfig::from_env()?.url,
+            };
+            return Ok(replicate::replicate(args, &url)?);
+        }
+        Command::Restore(args) => return Ok(replicate::restore(args)?),
+        _ => {}
+    }
     let enc = cli.encoding();
     let store = match &cli.store {
         Some(url) => silo::open(url)?,
@@ -86,7 +98,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let text = format!(
                 "backend: {}\nlocation: {}\nscopes: {}\nstate_entries: {}\nlog_entries: {}\n\
                  counters: {}\nqueue_items: {}\ndead_letters: {}\nbytes_on_disk: {disk}\n\
-                 max_attempts: {}\nmax_value_bytes: {}\n",
+                 max_attempts: {}\nmax_value_bytes: {}\n{}",
                 s.backend,
                 s.location,
                 s.scopes,
@@ -96,7 +108,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 s.queue_items,
                 s.dead_letters,
                 s.max_attempts,
-                s.max_value_bytes
+                s.max_value_bytes,
+                s.durable_frame_no
+                    .map(|n| format!("durable_frame_no: {n}\n"))
+                    .unwrap_or_default()
             );
             emit(&mut out, text.as_bytes())
         }
@@ -194,7 +209,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let n = store.clear(&name(&scope)?)?;
             emit(&mut out, format!("{n}\n").as_bytes())
         }
-        Command::Serve(_) => Err(Failure::Usage("serve is handled above".into())),
+        Command::Serve(_) | Command::Replicate(_) | Command::Restore(_) => {
+            Err(Failure::Usage("handled above".into()))
+        }
         Command::Gc { ttl_secs } => {
             let n = store.gc(Duration::from_secs(ttl_secs))?;
             emit(&mut out, format!("{n}\n").as_bytes())

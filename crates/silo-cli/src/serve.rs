@@ -97,6 +97,13 @@ pub fn run(args: ServeArgs, store: Option<&str>) -> Result<(), ServeError> {
         max_items: args.max_items,
         max_reply_bytes: args.max_reply_bytes,
     };
+    // The shipper starts before the server, so a bad target is refused before any write.
+    let shipping = match &args.replicate {
+        Some(to) => {
+            Some(crate::replicate::Background::start(&url, to, &args.ship).map_err(store_error)?)
+        }
+        None => None,
+    };
     let config = Config {
         inline_point_ops: store.answers_in_microseconds(),
         store,
@@ -111,7 +118,7 @@ pub fn run(args: ServeArgs, store: Option<&str>) -> Result<(), ServeError> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.bind)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.bind))?;
@@ -138,7 +145,12 @@ pub fn run(args: ServeArgs, store: Option<&str>) -> Result<(), ServeError> {
             .map_err(|e| format!("server failed: {e}"))?;
         tracing::info!("silo serve stopped");
         Ok(())
-    })
+    });
+    if let Some(shipping) = shipping {
+        // What the last requests wrote is shipped before the process ends.
+        shipping.finish();
+    }
+    served
 }
 
 /// Raises the soft open-file limit toward the hard one, so that `--max-connections` clients

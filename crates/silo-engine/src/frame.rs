@@ -145,6 +145,57 @@ pub fn encode(number: u64, payload: &[u8]) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Checks that `bytes` is exactly a run of whole frames numbered from `first_number` on (a
+/// shipped piece of a log, say) and returns where each lies. Unlike opening a log, nothing is
+/// forgiven: a partial frame at the end is damage too.
+pub fn decode_frames(bytes: &[u8], first_number: u64) -> Result<Vec<FrameRef>, LogError> {
+    let mut frames = Vec::new();
+    let mut offset = 0usize;
+    let mut expected = first_number;
+    while offset < bytes.len() {
+        let corrupt = |detail: String| LogError::Corrupt {
+            offset: offset as u64,
+            detail,
+        };
+        let Some(header) = bytes.get(offset..offset + HEADER) else {
+            return Err(corrupt(format!(
+                "{} bytes where a frame header of {HEADER} was expected",
+                bytes.len() - offset
+            )));
+        };
+        let word =
+            |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+        let (magic, plen, crc) = (word(0), word(4), word(16));
+        let number = u64::from(word(8)) | (u64::from(word(12)) << 32);
+        if magic != MAGIC {
+            return Err(corrupt(format!("bad magic {magic:#x}")));
+        }
+        let body = offset + HEADER;
+        let Some(payload) = bytes.get(body..body + plen as usize) else {
+            return Err(corrupt(format!(
+                "frame {number} claims {plen} bytes of payload, {} remain",
+                bytes.len() - body
+            )));
+        };
+        if checksum(plen, number, payload) != crc {
+            return Err(corrupt(format!("frame {number} fails its checksum")));
+        }
+        if number != expected {
+            return Err(corrupt(format!(
+                "frame number {number} where {expected} was expected"
+            )));
+        }
+        frames.push(FrameRef {
+            number,
+            offset: offset as u64,
+            len: plen,
+        });
+        expected += 1;
+        offset = body + plen as usize;
+    }
+    Ok(frames)
+}
+
 impl<S: Store> FrameLog<S> {
     /// Opens the log in `store` (the caller holds the store's exclusive lock while a torn
     /// tail may be cut): keeps every whole frame, cuts a torn tail, and refuses corruption.
@@ -166,6 +217,17 @@ impl<S: Store> FrameLog<S> {
             store,
             next_number: first_number,
             end: 0,
+        }
+    }
+
+    /// A reader's handle that resumes where an earlier one stopped: the next whole frame is
+    /// expected at offset `end` with number `next_number` (a replication shipper reading a
+    /// segment a little at a time keeps these instead of rereading the file from its start).
+    pub fn attach_at(store: S, next_number: u64, end: u64) -> Self {
+        FrameLog {
+            store,
+            next_number,
+            end,
         }
     }
 

@@ -12,6 +12,6 @@ pub mod shared;
 pub mod store;
 
 pub use dir::{Dir, FaultyDir, FileDir, MemDir};
-pub use frame::{FrameLog, FrameRef, LogError, Recovery};
+pub use frame::{FrameLog, FrameRef, LogError, Recovery, decode_frames};
 pub use shared::{Locked, MemShared, PageLock, Shared, SharedFile, Synced, sync_through};
 pub use store::{FaultPlan, Faults, FaultyStore, FileStore, LockMode, MemStore, Store, StoreLock};

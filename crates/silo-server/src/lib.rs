@@ -721,10 +721,25 @@ struct Info {
     max_items: usize,
     max_reply_bytes: usize,
     multi_tenant: bool,
+    /// A replicated `fs:` store's last frame in object storage (single-tenant servers only:
+    /// it counts every tenant's writes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    durable_frame_no: Option<u64>,
 }
 
 async fn info(State(app): State<Arc<App>>) -> Response {
+    let durable_frame_no = if app.config.auth.is_single_tenant() {
+        let store = app.config.store.clone();
+        tokio::task::spawn_blocking(move || store.stat())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|s| s.durable_frame_no)
+    } else {
+        None
+    };
     let info = Info {
+        durable_frame_no,
         server: "silo",
         version: env!("CARGO_PKG_VERSION"),
         ops: OP_NAMES,

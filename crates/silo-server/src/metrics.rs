@@ -234,7 +234,14 @@ impl Metrics {
                     s.bytes_on_disk.unwrap_or(0),
                 ),
             ];
-            for (name, help, value) in gauges {
+            let replication = s.durable_frame_no.map(|n| {
+                (
+                    "silo_replication_durable_frame_no",
+                    "The last frame of the store known to be in object storage.",
+                    n,
+                )
+            });
+            for (name, help, value) in gauges.into_iter().chain(replication) {
                 let _ = writeln!(
                     out,
                     "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"

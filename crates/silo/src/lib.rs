@@ -50,7 +50,7 @@ pub use layer::{Layer, Layered, Prefix, PrefixStore};
 pub use memory::MemoryStorage;
 pub use open::{
     DEFAULT_ORPHAN_TTL, EnvConfig, default_fs_path, default_sqlite_path, default_url, from_env,
-    open, redact_url, sqlite_url,
+    fs_dir, open, redact_url, sqlite_url,
 };
 pub use options::{Clock, StoreOptions, SyncMode};
 #[cfg(feature = "sqlite")]

@@ -45,6 +45,17 @@ pub fn open(url: &str) -> Result<Arc<dyn FunctionStorage>> {
     }
 }
 
+/// The directory an `fs:` store URL names (`None` for any other kind of store): what
+/// replication and restore work on.
+pub fn fs_dir(url: &str) -> Result<Option<PathBuf>> {
+    let parsed = Url::parse(url)
+        .map_err(|e| Error::config(format!("cannot parse store URL {url:?}: {e}")))?;
+    if parsed.scheme() != "fs" {
+        return Ok(None);
+    }
+    local_path(&parsed, "fs", "dir", default_fs_path).map(Some)
+}
+
 /// A store URL fit for logs and messages: its password, and any query parameter named
 /// `password`, shown as `***`.
 pub fn redact_url(url: &str) -> String {

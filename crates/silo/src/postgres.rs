@@ -1574,6 +1574,7 @@ impl FunctionStorage for PostgresStorage {
             bytes_on_disk: Some(bytes),
             max_attempts: self.options.max_attempts,
             max_value_bytes: self.options.max_value_bytes as u64,
+            durable_frame_no: None,
         })
     }
 }

@@ -1184,6 +1184,7 @@ impl FunctionStorage for SqliteStorage {
             bytes_on_disk: Some(file_len("") + file_len("-wal") + file_len("-shm")),
             max_attempts: self.options.max_attempts,
             max_value_bytes: self.options.max_value_bytes as u64,
+            durable_frame_no: None,
         })
     }
 }

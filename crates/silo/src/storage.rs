@@ -198,6 +198,11 @@ pub struct StoreStats {
     pub max_attempts: u32,
     /// Largest value the store accepts, in bytes.
     pub max_value_bytes: u64,
+    /// For a replicated `fs:` store, the last frame known to be in object storage. Not on
+    /// the wire (the server shows it in `/v1/info` and `/metrics`), so that clients and
+    /// servers of other versions still read each other's stats.
+    #[serde(skip)]
+    pub durable_frame_no: Option<u64>,
 }
 
 /// Durable, cross-process state for pooled worker processes (SPEC §3).

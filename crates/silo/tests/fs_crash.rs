@@ -1906,7 +1906,21 @@ fn a_newer_format_is_unsupported() {
         .kv_put(b"s", b"k", b"v")
         .unwrap();
     let text = mem.file("FORMAT").unwrap().bytes();
-    assert_eq!(text, b"silo-fs 1\n");
+    assert_eq!(text, b"silo-fs 2\n");
+    // A store of the first format is upgraded when opened: its data is kept.
+    let old = MemDir::new();
+    open_mem(old.clone())
+        .unwrap()
+        .kv_put(b"s", b"k", b"old")
+        .unwrap();
+    old.file("FORMAT").unwrap().truncate(0).unwrap();
+    old.file("FORMAT")
+        .unwrap()
+        .write_at(b"silo-fs 1\n", 0)
+        .unwrap();
+    let reopened = open_mem(old.clone()).unwrap();
+    assert_eq!(reopened.kv_get(b"s", b"k").unwrap(), Some(b"old".to_vec()));
+    assert_eq!(old.file("FORMAT").unwrap().bytes(), b"silo-fs 2\n");
     assert_eq!(
         open_mem(mem).unwrap().kv_get(b"s", b"k").unwrap(),
         Some(b"v".to_vec())

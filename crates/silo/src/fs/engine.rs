@@ -22,8 +22,10 @@ use super::index::{Index, ValRef};
 use super::record::{Decoder, Encoder, Rec, Span};
 use crate::{Error, Result};
 
-/// The format this build writes and reads.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The format this build writes (and the newest it reads). 2 added the `At` record (a
+/// frame's time when no other record carries one); a store of format 1 is upgraded when
+/// this build opens it, so that an older silo refuses it instead of misreading it.
+pub(crate) const FORMAT_VERSION: u32 = 2;
 const FORMAT_NAME: &str = "FORMAT";
 const FORMAT_MAGIC: &str = "silo-fs";
 const LOCK_NAME: &str = "LOCK";
@@ -37,7 +39,7 @@ pub(crate) fn base_name(through: u64) -> String {
     format!("base-{through:020}.slf")
 }
 
-fn parse_numbered(name: &str, prefix: &str) -> Option<u64> {
+pub(crate) fn parse_numbered(name: &str, prefix: &str) -> Option<u64> {
     name.strip_prefix(prefix)?
         .strip_suffix(".slf")
         .filter(|n| n.len() == 20)?
@@ -106,6 +108,8 @@ pub(crate) struct Txn {
     pub file: u32,
     /// Held for a whole `apply_once`/`apply_atomically` (its operations join this one).
     pub held: Option<StoreLock>,
+    /// A record carrying the frame's time (a touch, an `apply_once` record) was decided.
+    pub timed: bool,
 }
 
 impl Txn {
@@ -515,7 +519,20 @@ impl<D: Dir> Engine<D> {
             payload_at: self.active.end() + silo_engine::frame::HEADER as u64,
             file: self.active_id,
             held,
+            timed: false,
         });
+    }
+
+    /// Gives the pending frame its time when none of its records carries one, so every
+    /// frame of the log can be placed in time (restore to a moment).
+    pub fn stamp(&mut self, now: i64) {
+        if let Some(txn) = self.txn.as_mut()
+            && !txn.timed
+            && !txn.enc.buf.is_empty()
+        {
+            txn.enc.push(&Rec::At { at: now });
+            txn.timed = true;
+        }
     }
 
     /// Appends the transaction's records as one frame and adopts its index. Nothing is
@@ -698,9 +715,21 @@ impl<D: Dir> Engine<D> {
             .map_err(|e| io_error("listing the store directory", &self.dir.describe(""), e))?;
         let active_start =
             parse_numbered(&self.active_name, "seg-").unwrap_or(self.active.next_number());
+        // A replicated store keeps the segments whose frames were not shipped yet.
+        let shipped = super::history::read_mark(&self.dir)?.map(|m| m.shipped_through);
+        let segments: Vec<u64> = names
+            .iter()
+            .filter_map(|n| parse_numbered(n, "seg-"))
+            .collect();
         for name in names {
             let stray = if let Some(first) = parse_numbered(&name, "seg-") {
-                first <= self.base || first > active_start
+                // Segments are contiguous: one ends where the next begins.
+                let last = segments
+                    .iter()
+                    .find(|&&f| f > first)
+                    .map_or(u64::MAX, |next| next - 1);
+                let held = shipped.is_some_and(|through| last > through);
+                (first <= self.base && !held) || first > active_start
             } else if let Some(through) = parse_numbered(&name, "base-") {
                 through != self.base
             } else {
@@ -1003,7 +1032,7 @@ fn write_base<S: Store, F: Store>(
     flush(&mut enc, true)
 }
 
-fn log_error(e: LogError, where_: &str) -> Error {
+pub(crate) fn log_error(e: LogError, where_: &str) -> Error {
     match e {
         LogError::Io(e) => io_error("reading the log", where_, e),
         LogError::Corrupt { offset, detail } => Error::Corrupt {
@@ -1031,7 +1060,7 @@ fn lock_writers<S: Shared>(
     })
 }
 
-fn read_small_file<D: Dir>(dir: &D, name: &str) -> Result<Option<Vec<u8>>> {
+pub(crate) fn read_small_file<D: Dir>(dir: &D, name: &str) -> Result<Option<Vec<u8>>> {
     let where_ = dir.describe(name);
     let Some(file) = dir
         .open(name, false)
@@ -1053,7 +1082,7 @@ fn read_small_file<D: Dir>(dir: &D, name: &str) -> Result<Option<Vec<u8>>> {
 }
 
 /// Replaces `name` with `bytes` atomically and durably (a temp file, synced, renamed).
-fn write_small_file<D: Dir>(dir: &D, name: &str, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_small_file<D: Dir>(dir: &D, name: &str, bytes: &[u8]) -> Result<()> {
     let tmp = format!("{name}.tmp");
     let where_ = dir.describe(name);
     let io = |e| io_error("writing", &where_, e);
@@ -1095,11 +1124,19 @@ fn check_format<D: Dir>(dir: &D) -> Result<()> {
             ),
         });
     }
+    if version < FORMAT_VERSION {
+        // Every older format is a subset of this one: only the number changes.
+        write_small_file(
+            dir,
+            FORMAT_NAME,
+            format!("{FORMAT_MAGIC} {FORMAT_VERSION}\n").as_bytes(),
+        )?;
+    }
     Ok(())
 }
 
 /// The frame number the chain's base ends at (0 = no base yet).
-fn read_current<D: Dir>(dir: &D) -> Result<u64> {
+pub(crate) fn read_current<D: Dir>(dir: &D) -> Result<u64> {
     let Some(bytes) = read_small_file(dir, CURRENT_NAME)? else {
         return Ok(0);
     };

@@ -278,7 +278,7 @@ impl Index {
                 self.seq.last_item_id = self.seq.last_item_id.max(item);
                 self.seq.last_claim_id = self.seq.last_claim_id.max(claim);
             }
-            Rec::Seal | Rec::End => {}
+            Rec::At { .. } | Rec::Seal | Rec::End => {}
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! fsync among the writers that wait for it (group commit).
 
 mod engine;
+pub mod history;
 mod index;
 mod record;
 
@@ -126,7 +127,10 @@ impl<D: Dir> FsStore<D> {
         eng.begin(None);
         let outcome = run_tx(&mut eng, &self.options, f);
         let finished = match outcome {
-            Ok(_) => eng.commit_and_maintain(),
+            Ok(_) => {
+                eng.stamp(self.options.clock.now_ms());
+                eng.commit_and_maintain()
+            }
             Err(_) => {
                 eng.txn = None;
                 (Ok(None), Ok(()))
@@ -228,6 +232,7 @@ impl<D: Dir> FsStore<D> {
             })?;
         }
         let held = eng.txn.as_mut().and_then(|t| t.held.take());
+        eng.stamp(self.options.clock.now_ms());
         let finished = eng.commit_and_maintain();
         drop(held);
         drop(eng);
@@ -325,6 +330,7 @@ impl<D: Dir> Tx<'_, D> {
     /// Adds a record to the frame. It is folded into an index only after the operation
     /// (see [`engine::Txn`]): an operation decides all its records from the state before it.
     fn emit(&mut self, rec: &Rec<'_, &[u8]>) -> Result<()> {
+        self.txn.timed |= matches!(rec, Rec::Touch { .. } | Rec::Once { .. });
         self.txn.enc.push(rec);
         Ok(())
     }
@@ -830,6 +836,7 @@ impl<D: Dir> FunctionStorage for FsStore<D> {
                 max_value_bytes: self.options.max_value_bytes as u64,
                 scopes: r.index.scopes.len() as u64,
                 bytes_on_disk: Some(r.eng.bytes_on_disk()),
+                durable_frame_no: history::read_mark(&r.eng.dir)?.map(|m| m.shipped_through),
                 ..StoreStats::default()
             };
             for s in r.index.scopes.values() {

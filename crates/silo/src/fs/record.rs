@@ -124,6 +124,11 @@ pub(crate) enum Rec<'a, V> {
         item: i64,
         claim: i64,
     },
+    /// When the frame was written (ms), in a frame whose other records carry no time (a
+    /// clear, a sweep): so that restoring to a moment knows which side of it every frame is.
+    At {
+        at: i64,
+    },
     /// The segment ends here; the log continues in the next segment file.
     Seal,
     /// The last record of a compacted base: the base is whole.
@@ -151,6 +156,7 @@ const EXPIRE_ONCE: u8 = 18;
 const SEQ: u8 = 19;
 const SEAL: u8 = 20;
 const END: u8 = 21;
+const AT: u8 = 22;
 
 /// Appends records to a payload.
 #[derive(Debug, Default)]
@@ -341,6 +347,10 @@ impl Encoder {
                 self.i64(item);
                 self.i64(claim);
             }
+            Rec::At { at } => {
+                self.buf.push(AT);
+                self.i64(at);
+            }
             Rec::Seal => self.buf.push(SEAL),
             Rec::End => self.buf.push(END),
         }
@@ -512,6 +522,7 @@ impl<'a> Decoder<'a> {
                 item: self.i64()?,
                 claim: self.i64()?,
             },
+            AT => Rec::At { at: self.i64()? },
             SEAL => Rec::Seal,
             END => Rec::End,
             other => {
