@@ -13,10 +13,18 @@ if python=$(python/venv.sh | tail -n 1); then
 else
     echo "test.sh: python/venv.sh failed: the vgi-python tests will be skipped" >&2
 fi
+# moto's S3 server for the replication test against an S3-compatible target; without it that
+# test says SKIPPED (or fails, with SILO_REQUIRE_S3=1).
+if moto=$(python/s3-venv.sh | tail -n 1); then
+    export SILO_MOTO_SERVER="$moto"
+else
+    echo "test.sh: python/s3-venv.sh failed: the S3 replication test will be skipped" >&2
+fi
 cargo test --workspace 2>&1 | tee -a "$log"
 cargo test --manifest-path compat/Cargo.toml 2>&1 | tee -a "$log"
 awk '/^ *Running / { pg = ($0 ~ /postgres/); py = ($0 ~ /python_clients/) }
      /SKIPPED: PostgreSQL/ { skipped = 1 }
      /SKIPPED: vgi-python/ { pyskipped = 1 }
+     /SKIPPED: S3/ { s3skipped = 1 }
      /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) { p += $(i-1); if (pg) q += $(i-1); if (py) y += $(i-1) } if ($(i) ~ /^failed/) f += $(i-1) } }
-     END { printf "all tests: %d passed, %d failed; %d of them against PostgreSQL%s; %d driving silo serve with vgi-python%s\n", p, f, q, skipped ? " (PostgreSQL tests SKIPPED: not installed)" : "", y, pyskipped ? " (SKIPPED: no venv)" : "" }' "$log"
+     END { printf "all tests: %d passed, %d failed; %d of them against PostgreSQL%s; %d driving silo serve with vgi-python%s%s\n", p, f, q, skipped ? " (PostgreSQL tests SKIPPED: not installed)" : "", y, pyskipped ? " (SKIPPED: no venv)" : "", s3skipped ? "; the S3 replication test SKIPPED (no moto)" : "" }' "$log"

@@ -114,26 +114,30 @@ impl Catalog {
         })
     }
 
-    /// The segments from frame `from` on, through `to`, in order; an error names a gap.
-    fn chain(&self, from: u64, to: u64) -> Result<Vec<&(SegmentKey, u64)>> {
+    /// The segments that hold frames `from..=to`, in order, each with the first frame taken
+    /// from it: objects may overlap (a shipper that failed mid-round may have shipped the
+    /// same frames twice, under two names), so each step takes the object reaching furthest
+    /// among those holding the next frame. An error names a gap.
+    fn chain(&self, from: u64, to: u64) -> Result<Vec<(&SegmentKey, u64, u64)>> {
         let mut chain = Vec::new();
         let mut next = from;
-        for entry in &self.segments {
-            if next > to {
-                break;
+        let mut i = 0;
+        while next <= to {
+            let mut best: Option<&(SegmentKey, u64)> = None;
+            while let Some(entry) = self.segments.get(i).filter(|(k, _)| k.first <= next) {
+                if entry.0.last >= next && best.is_none_or(|b| entry.0.last > b.0.last) {
+                    best = Some(entry);
+                }
+                i += 1;
             }
-            let key = &entry.0;
-            if key.first < next {
-                continue; // Before the start, or a duplicate of frames already covered.
-            }
-            if key.first > next {
-                return Err(self.gap(next, key.first - 1));
-            }
-            chain.push(entry);
+            let Some((key, size)) = best else {
+                let resumes = self.segments.get(i).map_or(to, |(k, _)| k.first - 1);
+                return Err(self.gap(next, resumes.min(to)));
+            };
+            chain.push((key, *size, next));
+            // Every object looked at so far ends before the new `next` (this one reached
+            // furthest); the ones starting inside this one are still ahead of `i`.
             next = key.last + 1;
-        }
-        if next <= to {
-            return Err(self.gap(next, to));
         }
         Ok(chain)
     }
@@ -271,7 +275,7 @@ fn restore_into(
         .find(|(k, _)| k.through <= frame);
     let start = snapshot.map_or(1, |(k, _)| k.through + 1);
     let chain = catalog.chain(start, frame)?;
-    let total = snapshot.map_or(0, |(_, s)| *s) + chain.iter().map(|(_, s)| s).sum::<u64>();
+    let total = snapshot.map_or(0, |(_, s)| *s) + chain.iter().map(|(_, s, _)| s).sum::<u64>();
     let mut done = 0u64;
     progress(0, total);
 
@@ -305,7 +309,7 @@ fn restore_into(
         bytes: done,
         stopped_before: None,
     };
-    for (key, _) in chain {
+    for (key, _, from) in chain {
         let name = key.name();
         let checked = target
             .get(&name)?
@@ -330,16 +334,19 @@ fn restore_into(
             }
             Err(e) => return Err(e),
         };
+        // Frames before `from` came from an earlier object already.
+        let skip = facts.iter().take_while(|f| f.number < from).count();
+        let skip_bytes = skip.checked_sub(1).map_or(0, |i| facts[i].end);
         let keep = facts.iter().take_while(|f| f.number <= frame).count();
         let Some(last) = keep.checked_sub(1).map(|i| facts[i]) else {
             break;
         };
-        writer.write_frames(&bytes[..last.end])?;
+        writer.write_frames(&bytes[skip_bytes..last.end])?;
         report.frame = last.number;
         report.time_ms = if last.number == key.last {
             key.time_last_ms
         } else {
-            running_time(time_ms, &facts[..keep])
+            running_time(time_ms, &facts[skip..keep])
         };
         time_ms = key.time_last_ms;
         report.segments += 1;

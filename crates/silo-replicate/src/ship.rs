@@ -82,6 +82,8 @@ pub struct Shipper {
     seal_times: BTreeMap<u64, i64>,
     options: ShipOptions,
     progress: Arc<Progress>,
+    /// A round failed: what the target holds is not known; read it again before shipping.
+    unsure: bool,
 }
 
 impl Shipper {
@@ -149,6 +151,7 @@ impl Shipper {
             seal_times: BTreeMap::new(),
             options,
             progress: Arc::new(Progress::default()),
+            unsure: false,
         };
         shipper.tidy()?;
         shipper.report_progress();
@@ -198,8 +201,40 @@ impl Shipper {
         Ok(())
     }
 
-    /// Ships everything written so far that the target lacks.
+    /// Ships everything written so far that the target lacks. After a failed round the next
+    /// one first reads the manifest again and removes what the failed one left past it (an
+    /// upload whose reply was lost may have landed), as a restarted shipper does.
     pub fn ship(&mut self) -> Result<ShipReport> {
+        if self.unsure {
+            self.reload()?;
+        }
+        let outcome = self.ship_round();
+        self.unsure = outcome.is_err();
+        outcome
+    }
+
+    fn reload(&mut self) -> Result<()> {
+        let manifest = match self.target.get(MANIFEST)? {
+            Some(bytes) => Manifest::decode(&bytes, self.target.url())?,
+            None => Manifest::new(&self.manifest.store_id),
+        };
+        if manifest.store_id != self.manifest.store_id {
+            return Err(Error::config(format!(
+                "{} now holds the history of another store (id {}): ship each store to its \
+                 own prefix",
+                self.target.url(),
+                manifest.store_id
+            )));
+        }
+        self.manifest = manifest;
+        self.snapshots.clear();
+        self.seal_times.clear();
+        self.tidy()?;
+        self.unsure = false;
+        Ok(())
+    }
+
+    fn ship_round(&mut self) -> Result<ShipReport> {
         let mut report = ShipReport::default();
         loop {
             let from = self.manifest.durable_frame_no + 1;

@@ -100,12 +100,18 @@ impl Target {
                 )));
             }
         };
+        Self::from_store(url, store)
+    }
+
+    /// A target on an object store configured by hand (a wrapper store, a builder's options
+    /// the URL cannot carry); `name` is what messages call it.
+    pub fn from_store(name: &str, store: Arc<dyn ObjectStore>) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the replication runtime", e))?;
         Ok(Target {
-            url: url.to_owned(),
+            url: name.to_owned(),
             store,
             runtime,
         })

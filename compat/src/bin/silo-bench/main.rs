@@ -15,10 +15,13 @@
 //! backend against the same SQL issued raw, batches, processes, and `silo serve` on it (`pg.rs`);
 //! `postgres-vacuum` (only by name; `--pairs N`, default 1 M) — the queue table's size under
 //! push/pop churn; `python` — vgi-python's remote client against `silo serve`'s `/python`
-//! beside vgi-python's local SQLite, driven from Python (`python.rs`, `python/bench_storage.py`).
+//! beside vgi-python's local SQLite, driven from Python (`python.rs`, `python/bench_storage.py`);
+//! `replication` — an `fs:` store's writes with and without `silo-replicate` shipping, restore
+//! throughput and the shipped lag (RPO) under a paced load (`replication.rs`).
 
 mod pg;
 mod python;
+mod replication;
 mod server;
 
 use std::collections::HashSet;
@@ -1679,6 +1682,11 @@ fn main() {
     } else {
         (String::new(), Vec::new())
     };
+    let (replication_md, replication_failures) = if wants(&["replication"]) {
+        replication::section(settings.reps, quick, dir.path())
+    } else {
+        (String::new(), Vec::new())
+    };
     // Minutes long, so only when asked for by name.
     if only.as_deref() == Some("postgres-vacuum") {
         let pairs = flag("--pairs")
@@ -1713,6 +1721,7 @@ fn main() {
         .chain(server_failures)
         .chain(pg_failures)
         .chain(python_failures)
+        .chain(replication_failures)
         .collect();
     let all_ok = silo_failures.is_empty();
     let vgi_failures: Vec<String> = cells
@@ -1823,6 +1832,7 @@ fn main() {
     md.push_str(&server_md);
     md.push_str(&pg_md);
     md.push_str(&python_md);
+    md.push_str(&replication_md);
     if !silo_failures.is_empty() {
         let _ = writeln!(md, "\n## Runs where silo FAILED verification\n");
         for f in &silo_failures {
