@@ -328,7 +328,7 @@ fn restore_into(
             });
         let (bytes, facts) = match checked {
             Ok(found) => found,
-            Err(e) if options.stop_before_damage && report.frame >= start.max(1) => {
+            Err(e) if options.stop_before_damage && report.frame >= 1 => {
                 report.stopped_before = Some(format!("{}/{name}: {e}", target.url()));
                 break;
             }

@@ -253,6 +253,12 @@ impl Shipper {
                         time_last_ms: chunk.time_last_ms,
                         digest: digest(&chunk.bytes),
                     };
+                    // A chunk short of the limit that does not end its segment reached the
+                    // end of the log as it was: the round is done. (Under a steady load new
+                    // frames are always there; chasing them would upload an object every few
+                    // milliseconds instead of one per `max_lag`.)
+                    let at_end =
+                        !chunk.ends_segment && chunk.bytes.len() < self.options.chunk_bytes;
                     report.bytes += chunk.bytes.len() as u64;
                     self.target.put(&key.name(), chunk.bytes)?;
                     report.segments += 1;
@@ -260,6 +266,9 @@ impl Shipper {
                         self.seal_times.insert(chunk.last, chunk.time_last_ms);
                     }
                     self.advance(chunk.last, chunk.time_last_ms)?;
+                    if at_end {
+                        break;
+                    }
                 }
                 Next::Compacted { base } => {
                     // The frames before it are gone (the store was not held for a shipper
