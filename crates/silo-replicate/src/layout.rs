@@ -113,7 +113,7 @@ impl SegmentKey {
         let time_first_ms = parts.next()?.parse().ok()?;
         let time_last_ms = parts.next()?.parse().ok()?;
         let digest = parts.next()?.to_owned();
-        if parts.next().is_some() || digest.len() != 32 || last < first {
+        if parts.next().is_some() || digest.len() != 32 || first == 0 || last < first {
             return None;
         }
         Some(SegmentKey {
@@ -157,7 +157,7 @@ impl SnapshotKey {
         let through = parts.next()?.parse().ok()?;
         let time_ms = parts.next()?.parse().ok()?;
         let digest = parts.next()?.to_owned();
-        if parts.next().is_some() || digest.len() != 32 {
+        if parts.next().is_some() || digest.len() != 32 || through == 0 {
             return None;
         }
         Some(SnapshotKey {

@@ -219,17 +219,39 @@ pub fn restore(
     options: &RestoreOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<RestoreReport> {
-    let existed = dest.exists();
+    // What a failure may clean up: only a directory this restore made, or found empty.
+    let cleanup = match std::fs::read_dir(dest) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Cleanup::Remove,
+        Ok(mut entries) => match entries.next() {
+            None => Cleanup::Empty,
+            Some(_) => Cleanup::Nothing,
+        },
+        Err(_) => Cleanup::Nothing,
+    };
+    if cleanup == Cleanup::Nothing {
+        return Err(Error::config(format!(
+            "{} is not empty (or not readable): restore into a new or empty directory (a \
+             restore never writes over a store)",
+            dest.display()
+        )));
+    }
     let outcome = restore_into(target, dest, options, progress);
     if outcome.is_err() {
         // Leave nothing that looks like a store behind.
-        let _ = if existed {
-            empty_dir(dest)
-        } else {
-            std::fs::remove_dir_all(dest)
+        let _ = match cleanup {
+            Cleanup::Remove => std::fs::remove_dir_all(dest),
+            Cleanup::Empty => empty_dir(dest),
+            Cleanup::Nothing => Ok(()),
         };
     }
     outcome
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cleanup {
+    Remove,
+    Empty,
+    Nothing,
 }
 
 fn empty_dir(dir: &Path) -> std::io::Result<()> {
@@ -266,7 +288,7 @@ fn restore_into(
             )));
         }
         Point::Frame(n) => n,
-        Point::At(t) => frame_at(target, &catalog, t)?,
+        Point::At(t) => frame_at(target, &catalog, t, options.stop_before_damage)?,
     };
     let snapshot = catalog
         .snapshots
@@ -383,7 +405,7 @@ fn running_time(before: i64, facts: &[silo::fs::history::FrameFacts]) -> i64 {
 }
 
 /// The last frame whose time is at or before `at`.
-fn frame_at(target: &Target, catalog: &Catalog, at: i64) -> Result<u64> {
+fn frame_at(target: &Target, catalog: &Catalog, at: i64, stop_before_damage: bool) -> Result<u64> {
     let manifest = &catalog.manifest;
     if manifest.durable_time_ms <= at {
         return Ok(manifest.durable_frame_no);
@@ -410,10 +432,28 @@ fn frame_at(target: &Target, catalog: &Catalog, at: i64) -> Result<u64> {
             break;
         }
         let name = key.name();
-        let bytes = target
+        let checked = target
             .get(&name)?
-            .ok_or_else(|| damaged(target, &name, "listed but gone"))?;
-        let facts = decode_chunk(&bytes, key.first).map_err(|d| damaged(target, &name, &d))?;
+            .ok_or_else(|| damaged(target, &name, "listed but gone"))
+            .and_then(|bytes| {
+                if digest(&bytes) != key.digest {
+                    return Err(damaged(
+                        target,
+                        &name,
+                        "its bytes do not match the hash in its name",
+                    ));
+                }
+                decode_chunk(&bytes, key.first).map_err(|d| damaged(target, &name, &d))
+            });
+        let facts = match checked {
+            Ok(facts) => facts,
+            // The restore will stop before this object anyway: the moment lies in it.
+            Err(_) if stop_before_damage && key.first > 1 => {
+                before = (key.first - 1, before.1);
+                break;
+            }
+            Err(e) => return Err(e),
+        };
         let mut time = before.1.max(0);
         let mut found = key.first - 1;
         for fact in &facts {
@@ -442,11 +482,14 @@ fn frame_at(target: &Target, catalog: &Catalog, at: i64) -> Result<u64> {
 }
 
 fn damaged(target: &Target, name: &str, detail: &str) -> Error {
+    let hint = if name.starts_with(SEGMENTS) {
+        "restore to a point before it (--frame), or pass --stop-before-damage to restore up to \
+         just before this object"
+    } else {
+        "restore to a point before this snapshot's frame (--frame), from the segments before it"
+    };
     Error::Corrupt {
         path: format!("{}/{name}", target.url().trim_end_matches('/')),
-        detail: format!(
-            "{detail}; restore to an earlier point (--frame/--at), or pass \
-             --stop-before-damage to restore up to just before this object"
-        ),
+        detail: format!("{detail}; {hint}"),
     }
 }

@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use silo::fs::history::{HistoryReader, Next, ReplicaMark, read_replica_mark, write_replica_mark};
+use silo::fs::history::{
+    HistoryReader, Next, ReplicaMark, ShipperLock, lock_shipper, read_replica_mark,
+    write_replica_mark,
+};
 use silo::{Error, Result};
 
 use crate::layout::{MANIFEST, Manifest, SEGMENTS, SNAPSHOTS, SegmentKey, SnapshotKey, digest};
@@ -84,12 +87,16 @@ pub struct Shipper {
     progress: Arc<Progress>,
     /// A round failed: what the target holds is not known; read it again before shipping.
     unsure: bool,
+    /// Held while this shipper lives: one shipper per store.
+    _lock: ShipperLock,
 }
 
 impl Shipper {
     /// Starts shipping the `fs:` store in `store` to `target`: picks up where the target's
     /// manifest says an earlier shipper stopped, and removes what one killed mid-upload left.
-    pub fn open(store: &Path, target: Target, options: ShipOptions) -> Result<Self> {
+    pub fn open(store: &Path, target: Target, mut options: ShipOptions) -> Result<Self> {
+        options.chunk_bytes = options.chunk_bytes.max(1);
+        let lock = lock_shipper(store)?;
         let reader = HistoryReader::open(store)?;
         let existing = match target.get(MANIFEST)? {
             Some(bytes) => Some(Manifest::decode(&bytes, target.url())?),
@@ -117,6 +124,12 @@ impl Shipper {
                 )));
             }
             (mark, None) => {
+                // Objects and no manifest: a first round killed before its first manifest
+                // (this store's mark says nothing was confirmed yet: they are its leftovers),
+                // or a manifest lost after the fact, or another store's.
+                if mark.as_ref().is_none_or(|m| m.shipped_through > 0) {
+                    refuse_objects_without_manifest(&target)?;
+                }
                 let store_id = match mark {
                     Some(mark) => {
                         if mark.shipped_through > 0 {
@@ -152,6 +165,7 @@ impl Shipper {
             options,
             progress: Arc::new(Progress::default()),
             unsure: false,
+            _lock: lock,
         };
         shipper.tidy()?;
         shipper.report_progress();
@@ -216,7 +230,13 @@ impl Shipper {
     fn reload(&mut self) -> Result<()> {
         let manifest = match self.target.get(MANIFEST)? {
             Some(bytes) => Manifest::decode(&bytes, self.target.url())?,
-            None => Manifest::new(&self.manifest.store_id),
+            None => {
+                let confirmed = read_replica_mark(&self.store)?.map_or(0, |m| m.shipped_through);
+                if self.manifest.durable_frame_no > 0 || confirmed > 0 {
+                    refuse_objects_without_manifest(&self.target)?;
+                }
+                Manifest::new(&self.manifest.store_id)
+            }
         };
         if manifest.store_id != self.manifest.store_id {
             return Err(Error::config(format!(
@@ -280,7 +300,12 @@ impl Shipper {
                         "frames were compacted before they were shipped; shipping the base \
                          instead (points before frame {base} are not restorable)"
                     );
-                    let time = self.manifest.durable_time_ms;
+                    // The frames before the base and their times are gone: name the snapshot
+                    // by now, a time no frame of it is later than, so a restore to an earlier
+                    // moment is refused rather than given this later state.
+                    // The frames after it run on from that time too: no point before the
+                    // shipper caught up with the store is placed in time.
+                    let time = now_ms().max(self.manifest.durable_time_ms);
                     if !self.ship_snapshot(Some(base), time, &mut report)? {
                         continue; // A newer base replaced it meanwhile: look again.
                     }
@@ -392,7 +417,6 @@ impl Shipper {
         let newest_time = self.snapshots.values().map(|s| s.time_ms).max();
         let half = now_ms.saturating_sub(retain.as_millis() as i64 / 2);
         if newest_time.is_none_or(|t| t < half)
-            && self.manifest.durable_time_ms < half
             && self.oldest_segment_time()?.is_some_and(|t| t < cutoff)
         {
             self.compact_store()?;
@@ -435,6 +459,23 @@ impl Shipper {
         )?;
         store.compact()
     }
+}
+
+/// A target with segments or snapshots but no manifest lost it (deleted by hand, a bucket
+/// rule): shipping from scratch would remove the history it still has. Refuse, and say how
+/// to go on.
+fn refuse_objects_without_manifest(target: &Target) -> Result<()> {
+    let objects = target.list(SEGMENTS)?.len() + target.list(SNAPSHOTS)?.len();
+    if objects == 0 {
+        return Ok(());
+    }
+    Err(Error::Corrupt {
+        path: format!("{}/{MANIFEST}", target.url().trim_end_matches('/')),
+        detail: format!(
+            "missing, though the target holds {objects} segment and snapshot objects: restore \
+             what is there (silo restore --from …), or ship to a new prefix"
+        ),
+    })
 }
 
 /// A new store identity: hashed from the store's path, this process and the time (unique
@@ -499,6 +540,11 @@ pub fn run(shipper: &mut Shipper, max_lag: Duration, stop: &AtomicBool) {
             }
         };
         if stopping {
+            if shipper.unsure && progress.failures.load(Ordering::Relaxed) < 5 {
+                // The last round failed: what was written before the stop is not all shipped.
+                std::thread::sleep(pause);
+                continue;
+            }
             return;
         }
         // Sleep in small steps so a stop is seen promptly.

@@ -180,32 +180,37 @@ fn a_failure_at_every_call_of_a_round_loses_and_doubles_nothing() {
             let store_dir = root.path().join("store");
             let rep = root.path().join("rep");
             let store = open_store(&store_dir, &clock);
-            let mut shipper = Shipper::open(
-                &store_dir,
-                faulty_target(&rep, fail_at, after),
-                ShipOptions {
-                    chunk_bytes: 8 << 10,
-                    retain: None,
-                },
-            )
-            .unwrap();
+            let mut shipper = Some(
+                Shipper::open(
+                    &store_dir,
+                    faulty_target(&rep, fail_at, after),
+                    ShipOptions {
+                        chunk_bytes: 8 << 10,
+                        retain: None,
+                    },
+                )
+                .unwrap(),
+            );
             let mut failed = false;
             let restart = fail_at % 2 == 0;
             let history = run(&store, &clock, fail_at * 31 + u64::from(after), 240, |i| {
                 if i % 40 != 39 {
                     return;
                 }
-                if shipper.ship().is_err() {
+                if shipper.as_mut().unwrap().ship().is_err() {
                     failed = true;
                     if restart {
-                        // A new process picks up from the target.
-                        shipper =
+                        // A new process picks up from the target (once the old one is gone:
+                        // one shipper per store).
+                        shipper = None;
+                        shipper = Some(
                             Shipper::open(&store_dir, plain_target(&rep), ShipOptions::default())
-                                .unwrap();
+                                .unwrap(),
+                        );
                     }
                 }
             });
-            shipper.ship().unwrap();
+            shipper.as_mut().unwrap().ship().unwrap();
             struck += u64::from(failed);
             let tiles = ranges(&rep);
             let mut next = 1;

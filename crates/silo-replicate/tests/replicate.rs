@@ -119,9 +119,35 @@ fn restore_latest_and_moments_mid_workload_match_the_model() {
     let err = restore_to(&rep, &early, Point::Frame(listed.latest.0 + 1)).unwrap_err();
     assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
 
-    // A restore never writes over anything.
+    // A restore never writes over anything, and a failed one never removes what it found.
+    let listing = |dir: &Path| -> Vec<(String, u64)> {
+        let mut out: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let before = listing(&latest);
     let err = restore_to(&rep, &latest, Point::Latest).unwrap_err();
     assert!(err.to_string().contains("not empty"), "{err}");
+    let missing = root.path().join("no-such-replica");
+    let err = restore_to(&missing, &latest, Point::Latest).unwrap_err();
+    assert!(err.to_string().contains("not empty"), "{err}");
+    let err = restore_to(&rep, &latest, Point::At(history[0].0 - 1)).unwrap_err();
+    assert!(err.to_string().contains("not empty"), "{err}");
+    assert_eq!(listing(&latest), before, "the store it refused is intact");
+    // An empty directory is used, and left empty when the restore fails.
+    std::fs::create_dir(&early).unwrap();
+    restore_to(&rep, &early, Point::At(history[0].0 - 1)).unwrap_err();
+    assert_eq!(std::fs::read_dir(&early).unwrap().count(), 0);
+    assert!(early.exists());
 }
 
 #[test]
@@ -189,6 +215,34 @@ fn a_store_shipped_late_starts_its_history_at_a_snapshot() {
     );
     let err = restore_to(&rep, &root.path().join("x"), Point::Frame(earliest - 1)).unwrap_err();
     assert!(err.to_string().contains("lacks frames"), "{err}");
+    // Every operation happened before shipping began: no moment of them is restorable (the
+    // snapshot would give a later state than asked for).
+    let last_op = history.last().unwrap().0;
+    let err = restore_to(&rep, &root.path().join("y"), Point::At(last_op)).unwrap_err();
+    assert!(err.to_string().contains("earliest"), "{err}");
+}
+
+#[test]
+fn one_shipper_per_store_and_a_lost_manifest_is_not_a_fresh_start() {
+    let root = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_790_000_000_000);
+    shipped_workload(root.path(), 29, 60, 20, ShipOptions::default(), &clock);
+    let store_dir = root.path().join("store");
+    let rep = root.path().join("rep");
+    let first = Shipper::open(&store_dir, target(&rep), ShipOptions::default()).unwrap();
+    let err = Shipper::open(&store_dir, target(&rep), ShipOptions::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("another process is shipping"),
+        "{err}"
+    );
+    drop(first);
+    let objects = |dir: &Path| std::fs::read_dir(dir.join("segments")).unwrap().count();
+    let before = objects(&rep);
+    std::fs::remove_file(rep.join("manifest.json")).unwrap();
+    let err = Shipper::open(&store_dir, target(&rep), ShipOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("manifest.json"), "{err}");
+    assert_eq!(objects(&rep), before, "nothing was removed");
 }
 
 #[test]

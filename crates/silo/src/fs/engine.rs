@@ -717,17 +717,23 @@ impl<D: Dir> Engine<D> {
             parse_numbered(&self.active_name, "seg-").unwrap_or(self.active.next_number());
         // A replicated store keeps the segments whose frames were not shipped yet.
         let shipped = super::history::read_mark(&self.dir)?.map(|m| m.shipped_through);
-        let segments: Vec<u64> = names
-            .iter()
-            .filter_map(|n| parse_numbered(n, "seg-"))
-            .collect();
+        // A segment ends where the next one with frames begins (an empty one is what a seal
+        // that failed or never became durable left: it holds nothing and ends nothing).
+        let mut segments = Vec::new();
+        for first in names.iter().filter_map(|n| parse_numbered(n, "seg-")) {
+            let name = segment_name(first);
+            let len = match self.dir.open(&name, false) {
+                Ok(Some(file)) => file.len().unwrap_or(1),
+                _ => 1,
+            };
+            segments.push((first, len));
+        }
         for name in names {
             let stray = if let Some(first) = parse_numbered(&name, "seg-") {
-                // Segments are contiguous: one ends where the next begins.
                 let last = segments
                     .iter()
-                    .find(|&&f| f > first)
-                    .map_or(u64::MAX, |next| next - 1);
+                    .find(|&&(f, len)| f > first && len > 0)
+                    .map_or(u64::MAX, |(next, _)| next - 1);
                 let held = shipped.is_some_and(|through| last > through);
                 (first <= self.base && !held) || first > active_start
             } else if let Some(through) = parse_numbered(&name, "base-") {

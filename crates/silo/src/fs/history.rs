@@ -80,14 +80,53 @@ pub(crate) fn read_mark<D: Dir>(dir: &D) -> Result<Option<ReplicaMark>> {
     }))
 }
 
-/// Replaces `REPLICA` (atomically and durably).
+/// Replaces `REPLICA` (atomically and durably). Its temporary file is not named `*.tmp`: the
+/// engine removes those as leftovers of its own, and the shipper writes without its lock.
 pub fn write_replica_mark(store: &Path, mark: &ReplicaMark) -> Result<()> {
     let dir = open_dir(store)?;
     let text = format!(
         "{REPLICA_MAGIC}\nid {}\nshipped {}\n",
         mark.store_id, mark.shipped_through
     );
-    write_small_file(&dir, REPLICA_NAME, text.as_bytes())
+    let where_ = dir.describe(REPLICA_NAME);
+    let io = |e| io_error("writing", &where_, e);
+    let tmp = format!("{REPLICA_NAME}.new");
+    let file = dir
+        .open(&tmp, true)
+        .map_err(io)?
+        .ok_or_else(|| Error::config(format!("{where_} vanished while it was written")))?;
+    file.truncate(0).map_err(io)?;
+    file.write_at(text.as_bytes(), 0).map_err(io)?;
+    file.sync().map_err(io)?;
+    dir.rename(&tmp, REPLICA_NAME).map_err(io)
+}
+
+/// The one shipper of a store: held while a shipper runs, so that a second one (another
+/// `silo serve --replicate`, a `silo replicate` beside it) is refused instead of racing it.
+#[derive(Debug)]
+pub struct ShipperLock {
+    _held: silo_engine::StoreLock,
+}
+
+/// Takes the store's shipper lock (`REPLICA.lock`), or says who holds it.
+pub fn lock_shipper(store: &Path) -> Result<ShipperLock> {
+    let dir = open_dir(store)?;
+    let name = "REPLICA.lock";
+    let where_ = dir.describe(name);
+    let file = dir
+        .open(name, true)
+        .map_err(|e| io_error("opening the shipper lock", &where_, e))?
+        .ok_or_else(|| Error::config(format!("{where_} vanished")))?;
+    match file
+        .try_lock(silo_engine::LockMode::Exclusive)
+        .map_err(|e| io_error("taking the shipper lock", &where_, e))?
+    {
+        Some(held) => Ok(ShipperLock { _held: held }),
+        None => Err(Error::config(format!(
+            "another process is shipping {} (it holds {where_}); one shipper per store",
+            store.display()
+        ))),
+    }
 }
 
 fn open_dir(path: &Path) -> Result<FileDir> {
@@ -336,7 +375,9 @@ impl HistoryReader {
         }))
     }
 
-    /// The segment whose frames include `from`: the newest starting at or before it.
+    /// The segment whose frames include `from`: the newest starting at or before it, passing
+    /// over empty ones that are not the newest (what a seal that failed left: the chain went on
+    /// in the segment before it).
     fn segment_holding(&self, from: u64) -> Result<Option<u64>> {
         let names = self
             .dir
@@ -349,7 +390,29 @@ impl HistoryReader {
         if firsts.first().is_none_or(|&oldest| oldest > from) {
             return Ok(None);
         }
-        Ok(firsts.into_iter().rfind(|&f| f <= from))
+        let newest = firsts.last().copied();
+        for &first in firsts.iter().rev().filter(|&&f| f <= from) {
+            if Some(first) == newest || !self.is_empty_segment(first)? {
+                return Ok(Some(first));
+            }
+        }
+        Ok(None)
+    }
+
+    fn is_empty_segment(&self, first: u64) -> Result<bool> {
+        let name = segment_name(first);
+        let where_ = self.dir.describe(&name);
+        match self
+            .dir
+            .open(&name, false)
+            .map_err(|e| io_error("opening a segment", &where_, e))?
+        {
+            Some(file) => Ok(file
+                .len()
+                .map_err(|e| io_error("reading a segment", &where_, e))?
+                == 0),
+            None => Ok(true),
+        }
     }
 
     /// The base `CURRENT` names, open, if any. It stays readable while open even if a later
