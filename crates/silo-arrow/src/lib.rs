@@ -12,6 +12,42 @@
 //!
 //! The schema lives in the scope's state, in the namespace [`SCHEMA_NS`], so clearing the
 //! scope (or the orphan sweep) removes it with the data.
+//!
+//! [`Buffering`] is the sink → combine → finalize lifecycle of a buffering table function on
+//! top of these:
+//!
+//! ```
+//! # fn main() -> silo::Result<()> {
+//! use std::sync::Arc;
+//! use arrow_array::{Int64Array, RecordBatch};
+//! use silo_arrow::{Buffering, Partitioning};
+//!
+//! let store = silo::open("memory:")?; // any store: sqlite, fs, http, postgres
+//! let batch = RecordBatch::try_from_iter([(
+//!     "x",
+//!     Arc::new(Int64Array::from(vec![3, 1, 2])) as _,
+//! )])
+//! .expect("a batch");
+//!
+//! // In any worker process: each sink appends its input (a retried call appends once).
+//! let buffering = Buffering::new(&*store, b"execution-42");
+//! buffering.process(b"sink-a", 0, &batch)?;
+//! buffering.process(b"sink-b", 0, &batch)?;
+//! // Once: spread the sinks' batches over the finalize partitions.
+//! buffering.combine(&[b"sink-a".to_vec(), b"sink-b".to_vec()], 2, &Partitioning::Hash("x".into()))?;
+//! // In any process: each partition's batches, streaming.
+//! let rows: usize = (0..2)
+//!     .map(|p| buffering.finalize(p)?.map(|b| Ok(b?.num_rows())).sum::<silo::Result<usize>>())
+//!     .sum::<silo::Result<usize>>()?;
+//! assert_eq!(rows, 6);
+//! buffering.destroy()?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod buffering;
+
+pub use buffering::{Buffering, Finalize, Partitioning};
 
 use std::io::Cursor;
 use std::sync::OnceLock;
@@ -52,7 +88,7 @@ fn write_options(compression: Compression) -> Result<IpcWriteOptions> {
         .map_err(arrow_error("choosing the compression"))
 }
 
-fn arrow_error(doing: &'static str) -> impl Fn(ArrowError) -> Error {
+pub(crate) fn arrow_error(doing: &'static str) -> impl Fn(ArrowError) -> Error {
     move |e| Error::Backend {
         backend: "arrow".into(),
         message: format!("{doing}: {e}"),
@@ -159,6 +195,9 @@ struct SchemaSlot {
     key: Vec<u8>,
     what: String,
     known: OnceLock<(SchemaRef, Vec<u8>)>,
+    /// Writes run inside the caller's `apply_once`/`apply_atomically` (which cannot nest):
+    /// recording the schema needs no unit of its own.
+    in_unit: bool,
 }
 
 impl SchemaSlot {
@@ -198,6 +237,15 @@ impl SchemaSlot {
             return write(store);
         }
         let message = schema_message(schema)?;
+        if self.in_unit {
+            match store.state_get(&self.scope, SCHEMA_NS, &self.key)? {
+                None => store.state_put(&self.scope, SCHEMA_NS, &self.key, &message)?,
+                Some(_) => {
+                    self.check(store, schema)?;
+                }
+            }
+            return write(store);
+        }
         let mut out = None;
         let atomic = store.apply_atomically(&mut |s| {
             match s.state_get(&self.scope, SCHEMA_NS, &self.key)? {
@@ -269,9 +317,16 @@ impl<'a> BatchLog<'a> {
                     String::from_utf8_lossy(key)
                 ),
                 known: OnceLock::new(),
+                in_unit: false,
             },
             options: IpcWriteOptions::default(),
         }
+    }
+
+    /// A handle for use inside the caller's `apply_once`/`apply_atomically` on `store`.
+    pub fn in_unit(mut self) -> Self {
+        self.slot.in_unit = true;
+        self
     }
 
     /// Compresses the batches this handle appends.
@@ -378,6 +433,7 @@ impl<'a> BatchQueue<'a> {
                 key: b"\0queue".to_vec(),
                 what: format!("batch queue {}", String::from_utf8_lossy(scope)),
                 known: OnceLock::new(),
+                in_unit: false,
             },
             options: IpcWriteOptions::default(),
         }
