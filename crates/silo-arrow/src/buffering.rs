@@ -69,19 +69,22 @@ impl<'a> Buffering<'a> {
     /// The `seq`-th input batch of sink `state_id`; a retry appends nothing.
     pub fn process(&self, state_id: &[u8], seq: u64, batch: &RecordBatch) -> Result<()> {
         let sink = self.sink(state_id)?;
+        // Encoded before the unit: the store's writers do not wait for this sink's encoding.
+        let bytes = sink.encode(batch)?;
         let key = once_key(&self.scope, b"process", state_id, seq);
         self.store
             .apply_once(&key, &[], &mut |s| {
                 BatchLog::new(s, &self.scope, SINKS, state_id)
                     .in_unit()
-                    .with_compression(self.compression)?
-                    .append(batch)?;
+                    .append_encoded(batch.schema_ref(), &bytes)?;
                 Ok(Vec::new())
             })
             .map(|_| ())
             .or_else(|e| match e {
                 // A store without apply_once (a remote one of the vgi crate): at least once.
-                Error::Unsupported { .. } => sink.append(batch).map(|_| ()),
+                Error::Unsupported { .. } => {
+                    sink.append_encoded(batch.schema_ref(), &bytes).map(|_| ())
+                }
                 e => Err(e),
             })
     }
@@ -107,13 +110,22 @@ impl<'a> Buffering<'a> {
                 let mut plans = vec![Vec::new(); partitions as usize];
                 let mut next = 0usize;
                 for state_id in state_ids {
-                    let entries = self.store.scan(&self.scope, SINKS, state_id, 0, u64::MAX)?;
-                    for (id, _) in entries {
-                        let plan: &mut Vec<u8> = &mut plans[next % partitions as usize];
-                        plan.extend_from_slice(&(state_id.len() as u32).to_le_bytes());
-                        plan.extend_from_slice(state_id);
-                        plan.extend_from_slice(&id.to_le_bytes());
-                        next += 1;
+                    // Only the entry ids are needed, but a scan reads the bytes too: a few
+                    // entries at a time, so the sinks are never in memory whole.
+                    let mut after = 0;
+                    loop {
+                        let entries = self.store.scan(&self.scope, SINKS, state_id, after, 4)?;
+                        let Some(last) = entries.last().map(|(id, _)| *id) else {
+                            break;
+                        };
+                        for (id, _) in entries {
+                            let plan: &mut Vec<u8> = &mut plans[next % partitions as usize];
+                            plan.extend_from_slice(&(state_id.len() as u32).to_le_bytes());
+                            plan.extend_from_slice(state_id);
+                            plan.extend_from_slice(&id.to_le_bytes());
+                            next += 1;
+                        }
+                        after = last;
                     }
                 }
                 let mut items: Vec<silo::KeyValue> = plans

@@ -343,9 +343,19 @@ impl<'a> BatchLog<'a> {
     /// Appends `batch`; returns its entry id. The first batch records the log's schema; a
     /// batch of another schema is refused.
     pub fn append(&self, batch: &RecordBatch) -> Result<i64> {
-        let bytes = batch_messages(batch, &self.options)?;
-        self.slot.write_with(self.store, batch.schema_ref(), |s| {
-            s.append(&self.slot.scope, &self.ns, &self.key, &bytes)
+        let bytes = self.encode(batch)?;
+        self.append_encoded(batch.schema_ref(), &bytes)
+    }
+
+    /// A batch as this handle appends it (encoded before any lock is taken).
+    pub(crate) fn encode(&self, batch: &RecordBatch) -> Result<Vec<u8>> {
+        batch_messages(batch, &self.options)
+    }
+
+    /// Appends a batch [`BatchLog::encode`] made, of schema `schema`.
+    pub(crate) fn append_encoded(&self, schema: &Schema, bytes: &[u8]) -> Result<i64> {
+        self.slot.write_with(self.store, schema, |s| {
+            s.append(&self.slot.scope, &self.ns, &self.key, bytes)
         })
     }
 

@@ -17,8 +17,10 @@
 //! push/pop churn; `python` — vgi-python's remote client against `silo serve`'s `/python`
 //! beside vgi-python's local SQLite, driven from Python (`python.rs`, `python/bench_storage.py`);
 //! `replication` — an `fs:` store's writes with and without `silo-replicate` shipping, restore
-//! throughput and the shipped lag (RPO) under a paced load (`replication.rs`).
+//! throughput and the shipped lag (RPO) under a paced load (`replication.rs`); `arrow` — Arrow
+//! batches through `silo-arrow`'s buffering lifecycle against vgi storage (`arrow.rs`).
 
+mod arrow;
 mod pg;
 mod python;
 mod replication;
@@ -1423,6 +1425,9 @@ fn main() {
     if args.first().map(String::as_str) == Some("--worker") {
         return worker(&args[1..]);
     }
+    if args.first().map(String::as_str) == Some("--arrow-worker") {
+        return arrow::worker(&args[1..]);
+    }
     let flag = |name: &str| {
         args.iter()
             .position(|a| a == name)
@@ -1687,6 +1692,11 @@ fn main() {
     } else {
         (String::new(), Vec::new())
     };
+    let (arrow_md, arrow_failures) = if wants(&["arrow"]) {
+        arrow::section(settings.reps, quick, dir.path())
+    } else {
+        (String::new(), Vec::new())
+    };
     // Minutes long, so only when asked for by name.
     if only.as_deref() == Some("postgres-vacuum") {
         let pairs = flag("--pairs")
@@ -1722,6 +1732,7 @@ fn main() {
         .chain(pg_failures)
         .chain(python_failures)
         .chain(replication_failures)
+        .chain(arrow_failures)
         .collect();
     let all_ok = silo_failures.is_empty();
     let vgi_failures: Vec<String> = cells
@@ -1833,6 +1844,7 @@ fn main() {
     md.push_str(&pg_md);
     md.push_str(&python_md);
     md.push_str(&replication_md);
+    md.push_str(&arrow_md);
     if !silo_failures.is_empty() {
         let _ = writeln!(md, "\n## Runs where silo FAILED verification\n");
         for f in &silo_failures {
