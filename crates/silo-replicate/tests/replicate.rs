@@ -374,3 +374,46 @@ fn retention_keeps_every_point_of_the_window_and_drops_the_rest() {
     let err = restore_to(&rep, &root.path().join("old"), Point::At(now - 19 * day)).unwrap_err();
     assert!(err.to_string().contains("earliest"), "{err}");
 }
+
+#[test]
+fn a_stray_empty_segment_does_not_stall_a_restarted_shipper() {
+    let root = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_790_000_000_000);
+    let store_dir = root.path().join("store");
+    let rep = root.path().join("rep");
+    // Segments large enough that no seal or compaction tidies the stray away meanwhile.
+    let options = silo::StoreOptions {
+        clock: clock.clone(),
+        ..silo::StoreOptions::default()
+    };
+    let store =
+        silo::fs::FsStorage::open(&store_dir, options, silo::fs::FsTuning::default()).unwrap();
+    let mut shipper =
+        Some(Shipper::open(&store_dir, target(&rep), ShipOptions::default()).unwrap());
+    let mut stray = None;
+    let history = run(&store, &clock, 41, 53, |i| {
+        if i != 49 {
+            return;
+        }
+        let running = shipper.as_mut().unwrap();
+        running.ship().unwrap();
+        let next = running.durable_frame_no() + 1;
+        shipper = None;
+        // What a writer that died between creating the next segment and writing its seal
+        // leaves; the log goes on in the segment before it.
+        let path = store_dir.join(format!("seg-{next:020}.slf"));
+        std::fs::write(&path, b"").unwrap();
+        stray = Some(path);
+        shipper = Some(Shipper::open(&store_dir, target(&rep), ShipOptions::default()).unwrap());
+    });
+    shipper.as_mut().unwrap().ship().unwrap();
+    let stray = stray.unwrap();
+    assert_eq!(
+        segment_files(&store_dir).last().map(String::as_str),
+        stray.file_name().and_then(|n| n.to_str()),
+        "the stray is still there, the newest segment"
+    );
+    let dest = root.path().join("latest");
+    restore_to(&rep, &dest, Point::Latest).unwrap();
+    assert_eq!(dump(&open_plain(&dest)), render(&history.last().unwrap().1));
+}

@@ -236,6 +236,9 @@ pub struct HistoryReader {
     path: PathBuf,
     dir: FileDir,
     cursor: Option<Cursor>,
+    /// The frame that begins the segment after the last seal this reader read: an empty
+    /// segment starting there is the store's real continuation, not a stray.
+    continuation: Option<u64>,
 }
 
 impl std::fmt::Debug for HistoryReader {
@@ -253,6 +256,7 @@ impl HistoryReader {
             path: path.to_owned(),
             dir: open_dir(path)?,
             cursor: None,
+            continuation: None,
         })
     }
 
@@ -274,7 +278,7 @@ impl HistoryReader {
             .is_some_and(|c| c.log.next_number() == from);
         if !resume {
             self.cursor = None;
-            let Some(first) = self.segment_holding(from)? else {
+            let Some(mut first) = self.segment_holding(from)? else {
                 let base = read_current(&self.dir)?;
                 return Ok(if base >= from {
                     Next::Compacted { base }
@@ -282,6 +286,17 @@ impl HistoryReader {
                     Next::UpToDate
                 });
             };
+            // An empty newest segment starting at `from` follows a seal — or is what a writer
+            // that died between creating it and writing its seal left, the log going on in the
+            // segment before it. Look there once (a restarted shipper has not seen the seal).
+            // (An empty segment starting before `from` is always such a leftover.)
+            if (first < from || self.continuation != Some(from)) && self.is_empty_segment(first)? {
+                match self.segment_before(first)? {
+                    Some(previous) if self.holds_frame(previous, from)? => first = previous,
+                    _ if first == from => self.continuation = Some(from),
+                    _ => {}
+                }
+            }
             let name = segment_name(first);
             let Some(file) = self
                 .dir
@@ -364,6 +379,7 @@ impl HistoryReader {
         let (last, _, ends_segment) = facts[facts.len() - 1];
         if ends_segment {
             self.cursor = None;
+            self.continuation = Some(last + 1);
         }
         Ok(Next::Chunk(Chunk {
             first: from,
@@ -397,6 +413,44 @@ impl HistoryReader {
             }
         }
         Ok(None)
+    }
+
+    /// The newest segment starting before `first`.
+    fn segment_before(&self, first: u64) -> Result<Option<u64>> {
+        let names = self
+            .dir
+            .list()
+            .map_err(|e| io_error("listing the store directory", &self.dir.describe(""), e))?;
+        Ok(names
+            .iter()
+            .filter_map(|n| parse_numbered(n, "seg-"))
+            .filter(|&f| f < first)
+            .max())
+    }
+
+    /// Whether the segment starting at `first` holds frame `number` (reads it through).
+    fn holds_frame(&self, first: u64, number: u64) -> Result<bool> {
+        let name = segment_name(first);
+        let where_ = self.dir.describe(&name);
+        let Some(file) = self
+            .dir
+            .open(&name, false)
+            .map_err(|e| io_error("opening a segment", &where_, e))?
+        else {
+            return Ok(false);
+        };
+        let mut log = FrameLog::attach(file, first);
+        loop {
+            let found = log
+                .catch_up_some(false)
+                .map_err(|e| super::engine::log_error(e, &where_))?;
+            if log.next_number() > number {
+                return Ok(true);
+            }
+            if !found.more {
+                return Ok(false);
+            }
+        }
     }
 
     fn is_empty_segment(&self, first: u64) -> Result<bool> {
