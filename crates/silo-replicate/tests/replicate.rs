@@ -417,3 +417,41 @@ fn a_stray_empty_segment_does_not_stall_a_restarted_shipper() {
     restore_to(&rep, &dest, Point::Latest).unwrap();
     assert_eq!(dump(&open_plain(&dest)), render(&history.last().unwrap().1));
 }
+
+#[test]
+fn a_shipped_frame_damaged_at_the_tail_is_not_cut_as_a_torn_write() {
+    let root = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_790_000_000_000);
+    let store_dir = root.path().join("store");
+    let rep = root.path().join("rep");
+    let options = silo::StoreOptions {
+        clock: clock.clone(),
+        ..silo::StoreOptions::default()
+    };
+    let store =
+        silo::fs::FsStorage::open(&store_dir, options, silo::fs::FsTuning::default()).unwrap();
+    let history = run(&store, &clock, 43, 40, |_| {});
+    let mut shipper = Shipper::open(&store_dir, target(&rep), ShipOptions::default()).unwrap();
+    shipper.ship().unwrap();
+    drop(shipper);
+    drop(store);
+    // A bit flip in the last frame, which the replica holds.
+    let segment = store_dir.join(segment_files(&store_dir).last().unwrap());
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&segment, &bytes).unwrap();
+    let err = silo::fs::FsStorage::open(
+        &store_dir,
+        silo::StoreOptions::default(),
+        silo::fs::FsTuning::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("shipped"), "{err}");
+    assert_eq!(std::fs::read(&segment).unwrap(), bytes, "nothing was cut");
+    // The replica has it whole.
+    let dest = root.path().join("restored");
+    restore_to(&rep, &dest, Point::Latest).unwrap();
+    assert_eq!(dump(&open_plain(&dest)), render(&history.last().unwrap().1));
+}

@@ -507,6 +507,24 @@ impl<D: Dir> Engine<D> {
                 ),
             });
         }
+        // A frame a shipper took was whole and synced then: damage to it now is the medium's,
+        // and cutting it would give its number to another frame, forking the store's history
+        // from its replica's.
+        let number = self.active.next_number();
+        if let Some(mark) = super::history::read_mark(&self.dir)?
+            && mark.shipped_through >= number
+        {
+            return Err(Error::Corrupt {
+                path: self.dir.describe(&self.active_name),
+                detail: format!(
+                    "frame {number}, at offset {}, is damaged, but it was shipped to the replica \
+                     (which holds frames up to {}): it was damaged on the medium, not torn by a \
+                     crash; restore the store from its replica (silo restore)",
+                    self.active.end(),
+                    mark.shipped_through
+                ),
+            });
+        }
         Ok(())
     }
 
