@@ -2,6 +2,8 @@
 //! batch back equal and in order (nulls, strings, dictionaries, lists; compressed or not), the
 //! schema recorded once, another schema refused, racing first appenders agreeing on one.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,26 +11,9 @@ use arrow_array::builder::{Int32Builder, ListBuilder, StringDictionaryBuilder};
 use arrow_array::types::Int32Type;
 use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
-use silo::{Error, FunctionStorage, KeyRange};
+use common::stores;
+use silo::{Error, KeyRange};
 use silo_arrow::{BatchLog, BatchQueue, Compression, SCHEMA_NS, get_batch, put_batch};
-
-fn stores() -> Vec<(&'static str, Arc<dyn FunctionStorage>, tempfile::TempDir)> {
-    let dir = || tempfile::tempdir().unwrap();
-    let (a, b, c) = (dir(), dir(), dir());
-    vec![
-        ("memory", silo::open("memory:").unwrap(), a),
-        (
-            "sqlite",
-            silo::open(&format!("sqlite://{}/s.db", b.path().display())).unwrap(),
-            b,
-        ),
-        (
-            "fs",
-            silo::open(&format!("fs://{}/fs", c.path().display())).unwrap(),
-            c,
-        ),
-    ]
-}
 
 fn schema() -> Arc<Schema> {
     Arc::new(Schema::new(vec![

@@ -2,31 +2,16 @@
 //! batches), combine round-robin and by a key column's hash (and again, after a combine cut
 //! short), finalize of every partition giving back exactly the rows that went in, destroy.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow_array::{Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
+use common::stores;
 use silo::FunctionStorage;
 use silo_arrow::{Buffering, Partitioning};
-
-fn stores() -> Vec<(&'static str, Arc<dyn FunctionStorage>, tempfile::TempDir)> {
-    let dir = || tempfile::tempdir().unwrap();
-    let (a, b, c) = (dir(), dir(), dir());
-    vec![
-        ("memory", silo::open("memory:").unwrap(), a),
-        (
-            "sqlite",
-            silo::open(&format!("sqlite://{}/s.db", b.path().display())).unwrap(),
-            b,
-        ),
-        (
-            "fs",
-            silo::open(&format!("fs://{}/fs", c.path().display())).unwrap(),
-            c,
-        ),
-    ]
-}
 
 fn batch(sink: i64, seq: i64, rows: i64) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![

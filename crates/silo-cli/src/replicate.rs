@@ -13,6 +13,7 @@ use silo::{Error, Result};
 use silo_replicate::{Point, RestoreOptions, ShipOptions, Shipper, Target};
 
 use crate::cli::{ReplicateArgs, RestoreArgs, ShipFlags};
+use crate::serve::{init_logging, shutdown_signal};
 
 /// The directory of the `fs:` store `url` names, or why there is none.
 pub fn fs_store_dir(url: &str) -> Result<PathBuf> {
@@ -198,16 +199,6 @@ fn show_time(ms: i64) -> String {
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SILO_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
-}
-
 /// Sets `stop` on SIGINT or SIGTERM (the shipper then ships what is left and exits).
 fn stop_on_signal(stop: Arc<AtomicBool>) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -217,20 +208,9 @@ fn stop_on_signal(stop: Arc<AtomicBool>) -> Result<()> {
     std::thread::Builder::new()
         .name("silo-signals".into())
         .spawn(move || {
-            runtime.block_on(async {
-                use tokio::signal::unix::{SignalKind, signal};
-                let Ok(mut term) = signal(SignalKind::terminate()) else {
-                    let _ = tokio::signal::ctrl_c().await;
-                    stop.store(true, Ordering::Relaxed);
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-                tracing::info!("stopping: shipping what is left");
-                stop.store(true, Ordering::Relaxed);
-            });
+            runtime.block_on(shutdown_signal());
+            tracing::info!("stopping: shipping what is left");
+            stop.store(true, Ordering::Relaxed);
         })
         .map_err(|e| Error::io("starting the signal watcher", e))?;
     Ok(())

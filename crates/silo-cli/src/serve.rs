@@ -56,7 +56,8 @@ fn store_error(e: silo::Error) -> ServeError {
     }
 }
 
-pub fn run(args: ServeArgs, store: Option<&str>) -> Result<(), ServeError> {
+/// Logs to stderr at `SILO_LOG` (default `info`): `silo serve`, `silo replicate`, `silo restore`.
+pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -64,6 +65,10 @@ pub fn run(args: ServeArgs, store: Option<&str>) -> Result<(), ServeError> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .try_init();
+}
+
+pub fn run(args: ServeArgs, store: Option<&str>) -> Result<(), ServeError> {
+    init_logging();
     let url = store_url(store).map_err(store_error)?;
     let auth = match (&args.token, &args.tokens) {
         (_, Some(file)) => Auth::from_tokens_file(file).map_err(ServeError::Usage)?,
@@ -140,7 +145,11 @@ pub fn run(args: ServeArgs, store: Option<&str>) -> Result<(), ServeError> {
             "silo serve listening on http://{local}, store {}",
             silo::redact_url(&url)
         );
-        silo_server::serve(listener, config, shutdown_signal())
+        let stopping = async {
+            shutdown_signal().await;
+            tracing::info!("shutting down: finishing requests in flight");
+        };
+        silo_server::serve(listener, config, stopping)
             .await
             .map_err(|e| format!("server failed: {e}"))?;
         tracing::info!("silo serve stopped");
@@ -180,7 +189,8 @@ fn raise_fd_limit(connections: usize) {
     }
 }
 
-async fn shutdown_signal() {
+/// Returns at SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -194,5 +204,4 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    tracing::info!("shutting down: finishing requests in flight");
 }

@@ -90,6 +90,15 @@ fn segment_ranges(rep: &Path) -> Vec<(u64, u64)> {
     ranges
 }
 
+/// `silo restore` of the latest point of the `file://` replica `rep` into `dest`, opened.
+fn restore_latest(rep: &Path, dest: &Path) -> Arc<dyn FunctionStorage> {
+    ok(silo()
+        .args(["restore", "--from", &file_url(rep), "--to", &fs_url(dest)])
+        .output()
+        .unwrap());
+    silo::open(&fs_url(dest)).unwrap()
+}
+
 fn durable(rep: &Path) -> u64 {
     let manifest = std::fs::read_to_string(rep.join("manifest.json")).unwrap();
     let value: serde_json::Value = serde_json::from_str(&manifest).unwrap();
@@ -194,18 +203,7 @@ fn a_shipper_killed_mid_upload_again_and_again_loses_and_doubles_nothing() {
     }
     assert_eq!(next - 1, durable(&rep));
 
-    let restored = root.path().join("restored");
-    ok(silo()
-        .args([
-            "restore",
-            "--from",
-            &file_url(&rep),
-            "--to",
-            &fs_url(&restored),
-        ])
-        .output()
-        .unwrap());
-    let copy = silo::open(&fs_url(&restored)).unwrap();
+    let copy = restore_latest(&rep, &root.path().join("restored"));
     assert_eq!(contents(&*copy, 2), contents(&*store, 2));
     assert_eq!(copy.kv_get(b"init", b"k").unwrap(), Some(b"v".to_vec()));
 }
@@ -261,18 +259,7 @@ fn serve_replicate_ships_while_serving_and_reports_durable_frame_no() {
         libc::kill(server.id() as i32, libc::SIGTERM);
     }
     assert!(server.wait().unwrap().success());
-    let restored = root.path().join("restored");
-    ok(silo()
-        .args([
-            "restore",
-            "--from",
-            &file_url(&rep),
-            "--to",
-            &fs_url(&restored),
-        ])
-        .output()
-        .unwrap());
-    let copy = silo::open(&fs_url(&restored)).unwrap();
+    let copy = restore_latest(&rep, &root.path().join("restored"));
     let original = silo::open(&fs_url(&store_dir)).unwrap();
     assert_eq!(copy.counter_get(b"w0", b"c", b"n").unwrap(), 8);
     assert_eq!(contents(&*copy, 1), contents(&*original, 1));

@@ -333,21 +333,7 @@ fn restore_into(
     };
     for (key, _, from) in chain {
         let name = key.name();
-        let checked = target
-            .get(&name)?
-            .ok_or_else(|| damaged(target, &name, "listed but gone"))
-            .and_then(|bytes| {
-                if digest(&bytes) != key.digest {
-                    return Err(damaged(
-                        target,
-                        &name,
-                        "its bytes do not match the hash in its name",
-                    ));
-                }
-                let facts = decode_chunk(&bytes, key.first)
-                    .map_err(|detail| damaged(target, &name, &detail))?;
-                Ok((bytes, facts))
-            });
+        let checked = fetch_checked(target, key)?;
         let (bytes, facts) = match checked {
             Ok(found) => found,
             Err(e) if options.stop_before_damage && report.frame >= 1 => {
@@ -431,22 +417,8 @@ fn frame_at(target: &Target, catalog: &Catalog, at: i64, stop_before_damage: boo
         if key.time_first_ms > at {
             break;
         }
-        let name = key.name();
-        let checked = target
-            .get(&name)?
-            .ok_or_else(|| damaged(target, &name, "listed but gone"))
-            .and_then(|bytes| {
-                if digest(&bytes) != key.digest {
-                    return Err(damaged(
-                        target,
-                        &name,
-                        "its bytes do not match the hash in its name",
-                    ));
-                }
-                decode_chunk(&bytes, key.first).map_err(|d| damaged(target, &name, &d))
-            });
-        let facts = match checked {
-            Ok(facts) => facts,
+        let facts = match fetch_checked(target, key)? {
+            Ok((_, facts)) => facts,
             // The restore will stop before this object anyway: the moment lies in it.
             Err(_) if stop_before_damage && key.first > 1 => {
                 before = (key.first - 1, before.1);
@@ -479,6 +451,29 @@ fn frame_at(target: &Target, catalog: &Catalog, at: i64, stop_before_damage: boo
         return Err(too_early());
     }
     Ok(frame)
+}
+
+/// A segment object's bytes and what its frames hold.
+type Fetched = (Vec<u8>, Vec<silo::fs::history::FrameFacts>);
+
+/// The bytes and frames of a segment object (the inner result), checked against the hash in
+/// its name and frame by frame: the inner error is damage to the object, named; the outer one
+/// a failure to reach the target.
+fn fetch_checked(target: &Target, key: &SegmentKey) -> Result<Result<Fetched>> {
+    let name = key.name();
+    let Some(bytes) = target.get(&name)? else {
+        return Ok(Err(damaged(target, &name, "listed but gone")));
+    };
+    if digest(&bytes) != key.digest {
+        return Ok(Err(damaged(
+            target,
+            &name,
+            "its bytes do not match the hash in its name",
+        )));
+    }
+    Ok(decode_chunk(&bytes, key.first)
+        .map(|facts| (bytes, facts))
+        .map_err(|d| damaged(target, &name, &d)))
 }
 
 fn damaged(target: &Target, name: &str, detail: &str) -> Error {

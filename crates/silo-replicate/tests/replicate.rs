@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{STEP_MS, dump, open_plain, open_store, render, run, segment_files};
+use common::{STEP_MS, dump, open_plain, open_store, open_store_tuned, render, run, segment_files};
 use silo::{Clock, Error, FunctionStorage};
 use silo_replicate::{Point, RestoreOptions, ShipOptions, Shipper, Target, list, restore};
 
@@ -382,12 +382,7 @@ fn a_stray_empty_segment_does_not_stall_a_restarted_shipper() {
     let store_dir = root.path().join("store");
     let rep = root.path().join("rep");
     // Segments large enough that no seal or compaction tidies the stray away meanwhile.
-    let options = silo::StoreOptions {
-        clock: clock.clone(),
-        ..silo::StoreOptions::default()
-    };
-    let store =
-        silo::fs::FsStorage::open(&store_dir, options, silo::fs::FsTuning::default()).unwrap();
+    let store = open_store_tuned(&store_dir, &clock, silo::fs::FsTuning::default());
     let mut shipper =
         Some(Shipper::open(&store_dir, target(&rep), ShipOptions::default()).unwrap());
     let mut stray = None;
@@ -424,12 +419,7 @@ fn a_shipped_frame_damaged_at_the_tail_is_not_cut_as_a_torn_write() {
     let clock = Clock::manual(1_790_000_000_000);
     let store_dir = root.path().join("store");
     let rep = root.path().join("rep");
-    let options = silo::StoreOptions {
-        clock: clock.clone(),
-        ..silo::StoreOptions::default()
-    };
-    let store =
-        silo::fs::FsStorage::open(&store_dir, options, silo::fs::FsTuning::default()).unwrap();
+    let store = open_store_tuned(&store_dir, &clock, silo::fs::FsTuning::default());
     let history = run(&store, &clock, 43, 40, |_| {});
     let mut shipper = Shipper::open(&store_dir, target(&rep), ShipOptions::default()).unwrap();
     shipper.ship().unwrap();

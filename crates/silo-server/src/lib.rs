@@ -730,11 +730,11 @@ struct Info {
 async fn info(State(app): State<Arc<App>>) -> Response {
     let durable_frame_no = if app.config.auth.is_single_tenant() {
         let store = app.config.store.clone();
-        tokio::task::spawn_blocking(move || store.stat())
+        tokio::task::spawn_blocking(move || store.durable_frame_no())
             .await
             .ok()
             .and_then(Result::ok)
-            .and_then(|s| s.durable_frame_no)
+            .flatten()
     } else {
         None
     };

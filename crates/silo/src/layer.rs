@@ -325,6 +325,10 @@ where
     fn answers_in_microseconds(&self) -> bool {
         self.inner.answers_in_microseconds()
     }
+
+    fn durable_frame_no(&self) -> Result<Option<u64>> {
+        self.inner.durable_frame_no()
+    }
 }
 
 #[cfg(test)]

@@ -396,6 +396,13 @@ pub trait FunctionStorage: Send + Sync + fmt::Debug {
     fn answers_in_microseconds(&self) -> bool {
         false
     }
+
+    /// For a store whose history is shipped to object storage (a replicated `fs:` store), the
+    /// last frame known to be there; `None` for every other store. Cheap: a server reports it
+    /// in `/v1/info`.
+    fn durable_frame_no(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

@@ -19,13 +19,18 @@ pub const STEP_MS: i64 = 10;
 /// A store with small segments and an eager compaction, so a short workload crosses many
 /// seals and several compactions.
 pub fn open_store(dir: &Path, clock: &Clock) -> FsStorage {
-    let options = StoreOptions {
-        clock: clock.clone(),
-        ..StoreOptions::default()
-    };
     let tuning = FsTuning {
         segment_bytes: 16 << 10,
         compact_min_bytes: 48 << 10,
+    };
+    open_store_tuned(dir, clock, tuning)
+}
+
+/// A store on `clock` with `tuning`.
+pub fn open_store_tuned(dir: &Path, clock: &Clock, tuning: FsTuning) -> FsStorage {
+    let options = StoreOptions {
+        clock: clock.clone(),
+        ..StoreOptions::default()
     };
     FsStorage::open(dir, options, tuning).expect("open the fs store")
 }

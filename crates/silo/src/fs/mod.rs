@@ -827,6 +827,12 @@ impl<D: Dir> FunctionStorage for FsStore<D> {
         self.options.sync != SyncMode::Full
     }
 
+    fn durable_frame_no(&self) -> Result<Option<u64>> {
+        let guard = self.engine.lock();
+        let eng = guard.try_borrow().map_err(|_| reentered())?;
+        Ok(history::read_mark(&eng.dir)?.map(|m| m.shipped_through))
+    }
+
     fn stat(&self) -> Result<StoreStats> {
         self.read(|r| {
             let mut stats = StoreStats {
