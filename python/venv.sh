@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# Makes python/.venv: Python 3.13 with vgi-python (python/requirements.txt), for the tests that
-# drive `silo serve` with vgi-python's own clients. Idempotent: an up-to-date venv is kept.
+# Makes a Python 3.13 venv with vgi-python, pinned. Idempotent: an up-to-date venv is kept.
 # Prints the venv's python on its last line.
+#   python/venv.sh          python/.venv from python/requirements.txt: vgi-python 0.47.0, whose
+#                           remote storage client the tests of `silo serve --python` drive
+#   python/venv.sh vgi031   python/.venv-vgi031 from python/requirements-vgi031.txt: vgi-python
+#                           0.31.3, the newest whose worker protocol the `vgi` crate 0.22 accepts
+#                           (the end-to-end test of the example VGI worker in compat/)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-venv="$here/.venv"
+case "${1:-}" in
+    "") venv="$here/.venv"; reqs="$here/requirements.txt" ;;
+    vgi031) venv="$here/.venv-vgi031"; reqs="$here/requirements-vgi031.txt" ;;
+    *) echo "python/venv.sh: unknown flavour ${1:-} (none, or vgi031)" >&2; exit 2 ;;
+esac
 stamp="$venv/.requirements"
 find_python() {
     for candidate in "${SILO_PYTHON313:-}" python3.13 "$HOME/.pyenv/versions/3.13"*/bin/python3.13 \
@@ -22,7 +30,7 @@ find_python() {
     fi
     return 1
 }
-if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && cmp -s "$stamp" "$here/requirements.txt"; then
+if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && cmp -s "$stamp" "$reqs"; then
     echo "$venv/bin/python"
     exit 0
 fi
@@ -32,6 +40,6 @@ python=$(find_python) || {
 }
 rm -rf "$venv"
 "$python" -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt" >&2
-cp "$here/requirements.txt" "$stamp"
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r "$reqs" >&2
+cp "$reqs" "$stamp"
 echo "$venv/bin/python"

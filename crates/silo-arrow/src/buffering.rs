@@ -1,29 +1,44 @@
 //! The buffering (sink → combine → finalize) lifecycle of a VGI table function, over one
 //! execution's scope, on any store and from any number of processes.
 //!
-//! - `process(state_id, seq, batch)`: a sink appends its input batches to its own log (the
-//!   state id names it). A retry of the same `(state_id, seq)` appends nothing: the append
-//!   runs under `apply_once`.
+//! Every step writes under keys it derives from its input, so a retried or resumed step
+//! rewrites the same entries and doubles nothing — on every store, with no `apply_once` (which
+//! a remote store cannot offer: the unit would be a closure).
+//!
+//! - `process(state_id, seq, batch)`: stores the `seq`-th input batch of sink `state_id` under
+//!   the key (state_id, seq). The first batch of the execution records its schema; every
+//!   batch must have it.
 //! - `combine(state_ids, partitions, how)`: spreads the sinks' batches over N finalize
 //!   partitions. Round-robin moves no bytes: each partition gets a plan naming the sink
-//!   entries it reads. By a key column's hash, every batch is split by row and the pieces
-//!   appended to the partitions' logs, one sink entry per `apply_once`, so a combine that dies
+//!   entries it reads. By a key column's hash, every batch is split by row and its pieces
+//!   stored under (partition, sink key) in one atomic write per batch, so a combine that dies
 //!   half-way is finished by the next call without doubling a row.
 //! - `finalize(partition)`: the partition's batches, streaming (one entry in memory at a
 //!   time), from any process.
+//! - `drained(partition)`: a finalize read its partition to the end; the last of them destroys
+//!   the execution, so a query that ran to completion leaves nothing behind even where the
+//!   host calls no destructor.
 //! - `destroy()`: drops the execution's scope (what the orphan sweep does to a crashed one).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arrow_array::{RecordBatch, UInt32Array};
+use arrow_ipc::writer::IpcWriteOptions;
 use arrow_row::{RowConverter, SortField};
-use silo::{Error, FunctionStorage, Result};
+use silo::{Error, FunctionStorage, KeyRange, Result};
 
-use crate::{BatchLog, Compression};
+use crate::{Compression, Decoder, SchemaSlot, batch_messages, write_options};
 
+/// Sink entries: key = [`sink_key`], value = the batch's IPC messages.
 const SINKS: &[u8] = b"\0silo-arrow/sink";
+/// Hash-combined pieces: key = partition (u32, big-endian) ++ the sink entry's key.
 const PARTS: &[u8] = b"\0silo-arrow/partition";
 const PLAN: &[u8] = b"\0silo-arrow/plan";
+const DRAINED: &[u8] = b"\0silo-arrow/drained";
+/// The plan's key holding the number of partitions (u32, big-endian), written with `done`.
+const PARTITIONS: &[u8] = b"partitions";
+/// The schema slot of the execution's input (every sink shares it).
+const INPUT_SCHEMA_KEY: &[u8] = b"\0buffering-input";
 
 /// How `combine` spreads rows over the finalize partitions.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,7 +53,8 @@ pub enum Partitioning {
 pub struct Buffering<'a> {
     store: &'a dyn FunctionStorage,
     scope: Vec<u8>,
-    compression: Compression,
+    options: IpcWriteOptions,
+    schema: SchemaSlot,
 }
 
 impl<'a> Buffering<'a> {
@@ -47,46 +63,35 @@ impl<'a> Buffering<'a> {
         Buffering {
             store,
             scope: execution.to_vec(),
-            compression: Compression::None,
+            options: IpcWriteOptions::default(),
+            schema: SchemaSlot {
+                scope: execution.to_vec(),
+                key: INPUT_SCHEMA_KEY.to_vec(),
+                what: format!(
+                    "the buffered input of execution {}",
+                    String::from_utf8_lossy(execution)
+                ),
+                known: OnceLock::new(),
+                in_unit: false,
+            },
         }
     }
 
-    /// Compresses what this handle writes.
-    pub fn with_compression(mut self, compression: Compression) -> Self {
-        self.compression = compression;
-        self
+    /// Compresses what this handle writes (LZ4 or ZSTD; readers need no setting).
+    pub fn with_compression(mut self, compression: Compression) -> Result<Self> {
+        self.options = write_options(compression)?;
+        Ok(self)
     }
 
-    fn sink(&self, state_id: &[u8]) -> Result<BatchLog<'a>> {
-        BatchLog::new(self.store, &self.scope, SINKS, state_id).with_compression(self.compression)
-    }
-
-    fn partition(&self, partition: u32) -> Result<BatchLog<'a>> {
-        BatchLog::new(self.store, &self.scope, PARTS, &partition.to_be_bytes())
-            .with_compression(self.compression)
-    }
-
-    /// The `seq`-th input batch of sink `state_id`; a retry appends nothing.
+    /// Stores the `seq`-th input batch of sink `state_id`. A retry of the same
+    /// `(state_id, seq)` rewrites the same entry: it is kept once.
     pub fn process(&self, state_id: &[u8], seq: u64, batch: &RecordBatch) -> Result<()> {
-        let sink = self.sink(state_id)?;
-        // Encoded before the unit: the store's writers do not wait for this sink's encoding.
-        let bytes = sink.encode(batch)?;
-        let key = once_key(&self.scope, b"process", state_id, seq);
-        self.store
-            .apply_once(&key, &[], &mut |s| {
-                BatchLog::new(s, &self.scope, SINKS, state_id)
-                    .in_unit()
-                    .append_encoded(batch.schema_ref(), &bytes)?;
-                Ok(Vec::new())
-            })
-            .map(|_| ())
-            .or_else(|e| match e {
-                // A store without apply_once (a remote one of the vgi crate): at least once.
-                Error::Unsupported { .. } => {
-                    sink.append_encoded(batch.schema_ref(), &bytes).map(|_| ())
-                }
-                e => Err(e),
-            })
+        // Encoded before the write: the store's writers do not wait for this sink's encoding.
+        let bytes = batch_messages(batch, &self.options)?;
+        let key = sink_key(state_id, seq);
+        self.schema.write_with(self.store, batch.schema_ref(), |s| {
+            s.state_put(&self.scope, SINKS, &key, &bytes)
+        })
     }
 
     /// Spreads the batches of the sinks `state_ids` over `partitions` finalize partitions.
@@ -104,70 +109,71 @@ impl<'a> Buffering<'a> {
         if self.store.state_get(&self.scope, PLAN, b"done")?.is_some() {
             return Ok(());
         }
+        let mut done = vec![(PARTITIONS.to_vec(), partitions.to_be_bytes().to_vec())];
         match how {
             Partitioning::RoundRobin => {
-                // The plan: for each partition, the (sink, entry id) pairs it reads.
+                // The plan: for each partition, the sink entries it reads.
                 let mut plans = vec![Vec::new(); partitions as usize];
                 let mut next = 0usize;
                 for state_id in state_ids {
-                    // Only the entry ids are needed, but a scan reads the bytes too: a few
-                    // entries at a time, so the sinks are never in memory whole.
-                    let mut after = 0;
-                    loop {
-                        let entries = self.store.scan(&self.scope, SINKS, state_id, after, 4)?;
-                        let Some(last) = entries.last().map(|(id, _)| *id) else {
-                            break;
-                        };
-                        for (id, _) in entries {
-                            let plan: &mut Vec<u8> = &mut plans[next % partitions as usize];
-                            plan.extend_from_slice(&(state_id.len() as u32).to_le_bytes());
-                            plan.extend_from_slice(state_id);
-                            plan.extend_from_slice(&id.to_le_bytes());
-                            next += 1;
-                        }
-                        after = last;
+                    // Only the keys are needed, but a scan reads the values too: a few at a
+                    // time, so the sinks are never in memory whole.
+                    for entry in self.sink_entries(state_id, 4) {
+                        let (key, _) = entry?;
+                        let plan: &mut Vec<u8> = &mut plans[next % partitions as usize];
+                        plan.extend_from_slice(&(key.len() as u32).to_le_bytes());
+                        plan.extend_from_slice(&key);
+                        next += 1;
                     }
                 }
-                let mut items: Vec<silo::KeyValue> = plans
-                    .into_iter()
-                    .enumerate()
-                    .map(|(p, plan)| ((p as u32).to_be_bytes().to_vec(), plan))
-                    .collect();
-                items.push((b"done".to_vec(), b"round-robin".to_vec()));
-                self.store.state_put_many(&self.scope, PLAN, &items)
+                done.extend(
+                    plans
+                        .into_iter()
+                        .enumerate()
+                        .map(|(p, plan)| ((p as u32).to_be_bytes().to_vec(), plan)),
+                );
+                done.push((b"done".to_vec(), b"round-robin".to_vec()));
             }
             Partitioning::Hash(column) => {
+                let decoder = self.decoder()?;
                 for state_id in state_ids {
-                    let sink = self.sink(state_id)?;
-                    for entry in sink.scan(0, 1)? {
-                        let (id, batch) = entry?;
-                        let pieces = split_by_hash(&batch, column, partitions)?;
-                        let key = once_key(&self.scope, b"combine", state_id, id as u64);
-                        self.store.apply_once(&key, &[], &mut |s| {
-                            for (p, piece) in &pieces {
-                                BatchLog::new(s, &self.scope, PARTS, &p.to_be_bytes())
-                                    .in_unit()
-                                    .with_compression(self.compression)?
-                                    .append(piece)?;
-                            }
-                            Ok(Vec::new())
-                        })?;
+                    for entry in self.sink_entries(state_id, 1) {
+                        let (key, bytes) = entry?;
+                        let Some(decoder) = &decoder else {
+                            return Err(self.no_schema());
+                        };
+                        let batch = decoder.decode(bytes)?;
+                        let mut pieces = Vec::new();
+                        for (p, piece) in split_by_hash(&batch, column, partitions)? {
+                            let mut piece_key = p.to_be_bytes().to_vec();
+                            piece_key.extend_from_slice(&key);
+                            pieces.push((piece_key, batch_messages(&piece, &self.options)?));
+                        }
+                        self.store.state_put_many(&self.scope, PARTS, &pieces)?;
                     }
                 }
-                self.store.state_put(&self.scope, PLAN, b"done", b"hash")
+                done.push((b"done".to_vec(), b"hash".to_vec()));
             }
         }
+        self.store.state_put_many(&self.scope, PLAN, &done)
     }
 
     /// The batches of finalize partition `partition`, in order, one in memory at a time.
     pub fn finalize(&self, partition: u32) -> Result<Finalize<'_, 'a>> {
-        let plan = match self.store.state_get(&self.scope, PLAN, b"done")?.as_deref() {
-            Some(b"round-robin") => Some(
-                self.store
+        let source = match self.store.state_get(&self.scope, PLAN, b"done")?.as_deref() {
+            Some(b"round-robin") => Source::Plan {
+                plan: self
+                    .store
                     .state_get(&self.scope, PLAN, &partition.to_be_bytes())?
                     .unwrap_or_default(),
-            ),
-            Some(_) => None,
+                at: 0,
+            },
+            Some(_) => Source::Pieces {
+                next: Some(partition.to_be_bytes().to_vec()),
+                end: partition
+                    .checked_add(1)
+                    .map(|end| end.to_be_bytes().to_vec()),
+            },
             None => {
                 return Err(Error::invalid(
                     "finalize before combine: combine the sinks first",
@@ -176,91 +182,241 @@ impl<'a> Buffering<'a> {
         };
         Ok(Finalize {
             buffering: self,
-            plan,
-            at: 0,
-            partition: self.partition(partition)?,
-            after: 0,
+            decoder: self.decoder()?,
+            source,
         })
+    }
+
+    /// Records that finalize partition `partition` was read to its end. When every partition
+    /// of the combine has been, destroys the execution and returns `true`. Safe to repeat,
+    /// from any process, concurrently: of partitions finishing at once at least one sees all
+    /// of them done. Once the execution is gone there is nothing left to drop: `true`.
+    pub fn drained(&self, partition: u32) -> Result<bool> {
+        let Some(partitions) = self.store.state_get(&self.scope, PLAN, PARTITIONS)? else {
+            return Ok(true);
+        };
+        let partitions = <[u8; 4]>::try_from(partitions.as_slice())
+            .map(u32::from_be_bytes)
+            .map_err(|_| {
+                corrupt(format!(
+                    "its partition count is {} bytes, not 4",
+                    partitions.len()
+                ))
+            })?;
+        if partition >= partitions {
+            return Err(Error::invalid(format!(
+                "partition {partition} drained, but combine made {partitions}"
+            )));
+        }
+        self.store
+            .state_put(&self.scope, DRAINED, &partition.to_be_bytes(), b"")?;
+        let done = self.store.state_scan(
+            &self.scope,
+            DRAINED,
+            &KeyRange::all(),
+            false,
+            u64::from(partitions),
+        )?;
+        if done.len() < partitions as usize {
+            return Ok(false);
+        }
+        self.destroy()?;
+        Ok(true)
     }
 
     /// Drops everything of the execution; returns how many entries went.
     pub fn destroy(&self) -> Result<u64> {
         self.store.clear(&self.scope)
     }
+
+    /// Decodes the execution's entries; `None` while no batch was stored.
+    fn decoder(&self) -> Result<Option<Decoder>> {
+        Ok(self
+            .schema
+            .recorded(self.store)?
+            .map(|(_, message)| Decoder {
+                schema_message: message,
+                what: self.schema.what.clone(),
+            }))
+    }
+
+    fn no_schema(&self) -> Error {
+        corrupt(format!(
+            "{} has entries but no recorded schema",
+            self.schema.what
+        ))
+    }
+
+    /// Sink `state_id`'s entries in order, `page` at a time: (key, encoded batch).
+    fn sink_entries(&self, state_id: &[u8], page: u64) -> KeyScan<'_> {
+        let mut prefix = (state_id.len() as u32).to_be_bytes().to_vec();
+        prefix.extend_from_slice(state_id);
+        let range = KeyRange::prefix(&prefix);
+        KeyScan {
+            store: self.store,
+            scope: &self.scope,
+            ns: SINKS,
+            next: range.start,
+            end: range.end,
+            page: page.max(1),
+            pending: Vec::new().into_iter(),
+            done: false,
+        }
+    }
+}
+
+/// A sink entry's key: the state id (length-prefixed, so no id is a prefix of another's
+/// entries) and the sequence number, big-endian so keys sort in sequence order.
+fn sink_key(state_id: &[u8], seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(state_id.len() + 12);
+    key.extend_from_slice(&(state_id.len() as u32).to_be_bytes());
+    key.extend_from_slice(state_id);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn corrupt(detail: String) -> Error {
+    Error::Corrupt {
+        path: "a buffering plan".into(),
+        detail,
+    }
+}
+
+/// The state pairs of one namespace whose keys lie in `[next, end)`, read a page at a time.
+struct KeyScan<'s> {
+    store: &'s dyn FunctionStorage,
+    scope: &'s [u8],
+    ns: &'static [u8],
+    next: Option<Vec<u8>>,
+    end: Option<Vec<u8>>,
+    page: u64,
+    pending: std::vec::IntoIter<silo::KeyValue>,
+    done: bool,
+}
+
+impl Iterator for KeyScan<'_> {
+    type Item = Result<silo::KeyValue>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some((key, value)) = self.pending.next() {
+                // The smallest key after this one.
+                let mut after = key.clone();
+                after.push(0);
+                self.next = Some(after);
+                return Some(Ok((key, value)));
+            }
+            if self.done {
+                return None;
+            }
+            let range = KeyRange {
+                start: self.next.clone(),
+                end: self.end.clone(),
+            };
+            match self
+                .store
+                .state_scan(self.scope, self.ns, &range, false, self.page)
+            {
+                Ok(pairs) => {
+                    self.done = (pairs.len() as u64) < self.page;
+                    self.pending = pairs.into_iter();
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// Where a finalize partition's batches come from.
+enum Source {
+    /// Round-robin: the encoded sink keys of the partition, read from `at`.
+    Plan { plan: Vec<u8>, at: usize },
+    /// By hash: the pieces with keys in `[next, end)`.
+    Pieces {
+        next: Option<Vec<u8>>,
+        end: Option<Vec<u8>>,
+    },
 }
 
 /// The batches of one finalize partition.
 pub struct Finalize<'b, 'a> {
     buffering: &'b Buffering<'a>,
-    /// Round-robin: the encoded (sink, entry) references; `None`: the partition's own log.
-    plan: Option<Vec<u8>>,
-    at: usize,
-    partition: BatchLog<'a>,
-    after: i64,
+    /// `None` when the execution stored no batch: nothing to read.
+    decoder: Option<Decoder>,
+    source: Source,
+}
+
+impl Finalize<'_, '_> {
+    fn next_encoded(&mut self) -> Result<Option<Vec<u8>>> {
+        let b = self.buffering;
+        match &mut self.source {
+            Source::Plan { plan, at } => {
+                let Some(rest) = plan.get(*at..).filter(|r| !r.is_empty()) else {
+                    return Ok(None);
+                };
+                let parsed = (|| {
+                    let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+                    Some((rest.get(4..4 + len)?.to_vec(), 4 + len))
+                })();
+                let Some((key, used)) = parsed else {
+                    *at = plan.len();
+                    return Err(corrupt("truncated".into()));
+                };
+                *at += used;
+                match b.store.state_get(&b.scope, SINKS, &key)? {
+                    Some(bytes) => Ok(Some(bytes)),
+                    None => Err(corrupt(
+                        "a sink entry it names is gone (was the execution destroyed?)".into(),
+                    )),
+                }
+            }
+            Source::Pieces { next, end } => {
+                let range = KeyRange {
+                    start: next.clone(),
+                    end: end.clone(),
+                };
+                let Some((key, bytes)) = b
+                    .store
+                    .state_scan(&b.scope, PARTS, &range, false, 1)?
+                    .into_iter()
+                    .next()
+                else {
+                    return Ok(None);
+                };
+                let mut after = key;
+                after.push(0);
+                *next = Some(after);
+                Ok(Some(bytes))
+            }
+        }
+    }
 }
 
 impl Iterator for Finalize<'_, '_> {
     type Item = Result<RecordBatch>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let Some(plan) = &self.plan else {
-            let next = self
-                .partition
-                .scan(self.after, 1)
-                .and_then(|mut scan| scan.next().transpose());
-            return match next {
-                Ok(Some((id, batch))) => {
-                    self.after = id;
-                    Some(Ok(batch))
-                }
-                Ok(None) => None,
-                Err(e) => Some(Err(e)),
+        let next = self.next_encoded();
+        if !matches!(next, Ok(Some(_))) {
+            // The end, or an error: either ends the iteration.
+            self.source = Source::Plan {
+                plan: Vec::new(),
+                at: 0,
             };
-        };
-        let rest = plan.get(self.at..)?;
-        if rest.is_empty() {
-            return None;
         }
-        let corrupt = || Error::Corrupt {
-            path: "a buffering plan".into(),
-            detail: "truncated".into(),
+        let bytes = match next {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
         };
-        let parsed = (|| {
-            let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-            let state_id = rest.get(4..4 + len)?.to_vec();
-            let id = i64::from_le_bytes(rest.get(4 + len..12 + len)?.try_into().ok()?);
-            Some((state_id, id, 12 + len))
-        })();
-        let Some((state_id, id, used)) = parsed else {
-            self.at = plan.len();
-            return Some(Err(corrupt()));
-        };
-        self.at += used;
-        let entry = self
-            .buffering
-            .sink(&state_id)
-            .and_then(|sink| sink.scan(id - 1, 1)?.next().transpose());
-        match entry {
-            Ok(Some((got, batch))) if got == id => Some(Ok(batch)),
-            Ok(_) => Some(Err(Error::Corrupt {
-                path: "a buffering plan".into(),
-                detail: format!("sink entry {id} is gone (was the execution destroyed?)"),
-            })),
-            Err(e) => Some(Err(e)),
+        match &self.decoder {
+            Some(decoder) => Some(decoder.decode(bytes)),
+            None => Some(Err(self.buffering.no_schema())),
         }
     }
-}
-
-fn once_key(scope: &[u8], what: &[u8], state_id: &[u8], seq: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(scope.len() + state_id.len() + 32);
-    key.extend_from_slice(b"silo-arrow/");
-    key.extend_from_slice(what);
-    key.extend_from_slice(&(scope.len() as u32).to_le_bytes());
-    key.extend_from_slice(scope);
-    key.extend_from_slice(&(state_id.len() as u32).to_le_bytes());
-    key.extend_from_slice(state_id);
-    key.extend_from_slice(&seq.to_le_bytes());
-    key
 }
 
 /// `batch` split by the hash of `column`'s values into non-empty pieces per partition.

@@ -47,6 +47,12 @@
 
 mod buffering;
 
+/// The README's examples (silo's and this crate's), compiled and run as doctests here: this
+/// crate depends on both.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 pub use buffering::{Buffering, Finalize, Partitioning};
 
 use std::io::Cursor;

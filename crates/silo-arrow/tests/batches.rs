@@ -1,4 +1,4 @@
-//! Arrow batches through logs, queues and state on the memory, sqlite and fs stores: every
+//! Arrow batches through logs, queues and state on the memory, sqlite, fs and http stores: every
 //! batch back equal and in order (nulls, strings, dictionaries, lists; compressed or not), the
 //! schema recorded once, another schema refused, racing first appenders agreeing on one.
 

@@ -1,4 +1,4 @@
-//! The buffering lifecycle on memory, sqlite and fs: sinks in several threads (retrying some
+//! The buffering lifecycle on memory, sqlite, fs and http: sinks in several threads (retrying some
 //! batches), combine round-robin and by a key column's hash (and again, after a combine cut
 //! short), finalize of every partition giving back exactly the rows that went in, destroy.
 
@@ -55,7 +55,7 @@ fn sink_all(
                     let b = batch(sink, seq, 1 + (seq * 13 + sink) % 50);
                     buffering.process(&state_id, seq as u64, &b).unwrap();
                     if seq % 3 == 0 {
-                        // A retried call (its reply was lost): appended once.
+                        // A retried call (its reply was lost): stored once.
                         buffering.process(&state_id, seq as u64, &b).unwrap();
                     }
                     sent.push(b);
@@ -162,4 +162,41 @@ fn an_unknown_key_column_is_named() {
         err.to_string().contains("nope") && err.to_string().contains("group"),
         "{err}"
     );
+}
+
+#[test]
+fn the_last_drained_partition_destroys_the_execution_and_repeats_are_harmless() {
+    for (name, store, _dir) in stores() {
+        let (ids, sent) = sink_all(&store, b"exec-d");
+        let other = Buffering::new(&*store, b"exec-other");
+        other.process(b"s", 0, &sent[0]).unwrap();
+        let buffering = Buffering::new(&*store, b"exec-d");
+        buffering
+            .combine(&ids, 3, &Partitioning::Hash("group".into()))
+            .unwrap();
+        for p in 0..2 {
+            assert!(buffering.finalize(p).unwrap().all(|b| b.is_ok()));
+            assert!(!buffering.drained(p).unwrap(), "{name}: {p} of 3 drained");
+            // A finalize retried after its drained call: still not the last.
+            assert!(!buffering.drained(p).unwrap(), "{name}: {p} again");
+        }
+        assert!(
+            buffering.drained(7).is_err(),
+            "{name}: a partition combine did not make"
+        );
+        let last: Vec<_> = buffering.finalize(2).unwrap().collect();
+        assert!(last.iter().all(|b| b.is_ok()));
+        assert!(buffering.drained(2).unwrap(), "{name}: the last one");
+        assert_eq!(
+            store.clear(b"exec-d").unwrap(),
+            0,
+            "{name}: nothing of the execution is left"
+        );
+        assert!(buffering.drained(2).unwrap(), "{name}: repeated after");
+        assert_eq!(store.clear(b"exec-d").unwrap(), 0, "{name}: still nothing");
+        assert!(
+            store.clear(b"exec-other").unwrap() > 0,
+            "{name}: another execution is untouched"
+        );
+    }
 }

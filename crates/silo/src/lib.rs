@@ -59,8 +59,3 @@ pub use storage::{
     Claim, DeadLetter, Entry, FunctionStorage, KeyRange, KeyValue, MAX_LIST_LEN, Selection,
     StoreStats,
 };
-
-/// The README's examples, compiled and run as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-pub struct ReadmeDoctests;
