@@ -13,8 +13,8 @@
 //! The schema lives in the scope's state, in the namespace [`SCHEMA_NS`], so clearing the
 //! scope (or the orphan sweep) removes it with the data.
 //!
-//! [`Buffering`] is the sink → combine → finalize lifecycle of a buffering table function on
-//! top of these:
+//! [`Buffering`] is the sink → combine → finalize lifecycle of a buffering table function, in
+//! the same encoding, every step safe to retry on every store:
 //!
 //! ```
 //! # fn main() -> silo::Result<()> {
