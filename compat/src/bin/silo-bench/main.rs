@@ -550,6 +550,49 @@ struct Measured {
 /// Worker mode: `silo-bench --worker ROLE IMPL TARGET COUNT`, IMPL `silo` (TARGET a store
 /// URL) or `vgi` (TARGET the file of a vgi SQLite store); prints `ready`, waits for a line on
 /// stdin, works, prints its results.
+/// What `--only` takes.
+const PARTS: [&str; 15] = [
+    "memory",
+    "sqlite",
+    "http",
+    "vgi-fs",
+    "processes",
+    "clients",
+    "fs",
+    "scale",
+    "sync",
+    "server",
+    "postgres",
+    "postgres-vacuum",
+    "python",
+    "replication",
+    "arrow",
+];
+
+/// `Some(None)` for `--help`, `Some(Some(why))` for arguments it does not take; `None` to run.
+/// A full run writes BENCHMARKS.md: a mistyped flag must not start one.
+fn check_args(args: &[String]) -> Option<Option<String>> {
+    const VALUED: [&str; 5] = ["--reps", "--only", "--out", "--svg", "--pairs"];
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--help" | "-h" => return Some(None),
+            "--quick" => i += 1,
+            flag if VALUED.contains(&flag) => {
+                let Some(value) = args.get(i + 1) else {
+                    return Some(Some(format!("{flag} needs a value")));
+                };
+                if flag == "--only" && !PARTS.contains(&value.as_str()) {
+                    return Some(Some(format!("no part {value:?} to run")));
+                }
+                i += 2;
+            }
+            other => return Some(Some(format!("unknown argument {other:?}"))),
+        }
+    }
+    None
+}
+
 fn worker(args: &[String]) {
     let (role, imp, target, count) = (
         &args[0],
@@ -1427,6 +1470,21 @@ fn main() {
     }
     if args.first().map(String::as_str) == Some("--arrow-worker") {
         return arrow::worker(&args[1..]);
+    }
+    if let Some(problem) = check_args(&args) {
+        let usage = "usage: silo-bench [--quick] [--reps N] [--only PART] [--pairs N] \
+                     [--out BENCHMARKS.md] [--svg benchmarks.svg]\n\
+                     PART: one of the parts below (the module doc of \
+                     compat/src/bin/silo-bench/main.rs says what each runs)";
+        let usage = format!("{usage}\n  {}", PARTS.join(", "));
+        match problem {
+            None => println!("{usage}"),
+            Some(problem) => {
+                eprintln!("silo-bench: {problem}\n{usage}");
+                std::process::exit(2);
+            }
+        }
+        return;
     }
     let flag = |name: &str| {
         args.iter()
