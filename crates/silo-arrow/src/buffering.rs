@@ -2,17 +2,21 @@
 //! execution's scope, on any store and from any number of processes.
 //!
 //! Every step writes under keys it derives from its input, so a retried or resumed step
-//! rewrites the same entries and doubles nothing — on every store, with no `apply_once` (which
-//! a remote store cannot offer: the unit would be a closure).
+//! writes the same places again and doubles nothing — on every store, with no `apply_once`
+//! (which a remote store cannot offer: the unit would be a closure). A batch is the first
+//! entry of a log of its own, keyed by where it came from: a retry appends a second entry
+//! that nothing reads. Logs, not state values, because the stores append large values
+//! fastest (SQLite: a rowid table, where a keyed `WITHOUT ROWID` one rewrites pages).
 //!
-//! - `process(state_id, seq, batch)`: stores the `seq`-th input batch of sink `state_id` under
-//!   the key (state_id, seq). The first batch of the execution records its schema; every
-//!   batch must have it.
+//! - `process(state_id, seq, batch)`: the `seq`-th input batch of sink `state_id`, in the log
+//!   (state_id, seq), then named in the sinks' index. The first batch of the execution records
+//!   its schema; every batch must have it.
 //! - `combine(state_ids, partitions, how)`: spreads the sinks' batches over N finalize
 //!   partitions. Round-robin moves no bytes: each partition gets a plan naming the sink
-//!   entries it reads. By a key column's hash, every batch is split by row and its pieces
-//!   stored under (partition, sink key) in one atomic write per batch, so a combine that dies
-//!   half-way is finished by the next call without doubling a row.
+//!   entries it reads. By a key column's hash, every batch is split by row and each piece
+//!   goes to the log (partition, sink entry), then into the partition's index, then the sink
+//!   entry is marked combined; a combine that dies half-way is finished by the next call
+//!   without doubling a row.
 //! - `finalize(partition)`: the partition's batches, streaming (one entry in memory at a
 //!   time), from any process.
 //! - `drained(partition)`: a finalize read its partition to the end; the last of them destroys
@@ -29,10 +33,16 @@ use silo::{Error, FunctionStorage, KeyRange, Result};
 
 use crate::{Compression, Decoder, SchemaSlot, batch_messages, write_options};
 
-/// Sink entries: key = [`sink_key`], value = the batch's IPC messages.
+/// Sink entries: a log per [`sink_key`]; its first entry is the batch's IPC messages.
 const SINKS: &[u8] = b"\0silo-arrow/sink";
-/// Hash-combined pieces: key = partition (u32, big-endian) ++ the sink entry's key.
+/// The sink entries stored: state keys = [`sink_key`]s, values empty.
+const SINK_INDEX: &[u8] = b"\0silo-arrow/sinks";
+/// Hash-combined pieces: a log per partition (u32, big-endian) ++ sink key; first entry.
 const PARTS: &[u8] = b"\0silo-arrow/partition";
+/// The pieces stored: state keys = the pieces' log keys, values empty.
+const PART_INDEX: &[u8] = b"\0silo-arrow/pieces";
+/// Sink entries whose pieces are all stored and indexed: state keys = sink keys.
+const COMBINED: &[u8] = b"\0silo-arrow/combined";
 const PLAN: &[u8] = b"\0silo-arrow/plan";
 const DRAINED: &[u8] = b"\0silo-arrow/drained";
 /// The plan's key holding the number of partitions (u32, big-endian), written with `done`.
@@ -84,14 +94,17 @@ impl<'a> Buffering<'a> {
     }
 
     /// Stores the `seq`-th input batch of sink `state_id`. A retry of the same
-    /// `(state_id, seq)` rewrites the same entry: it is kept once.
+    /// `(state_id, seq)` is read once.
     pub fn process(&self, state_id: &[u8], seq: u64, batch: &RecordBatch) -> Result<()> {
         // Encoded before the write: the store's writers do not wait for this sink's encoding.
         let bytes = batch_messages(batch, &self.options)?;
         let key = sink_key(state_id, seq);
-        self.schema.write_with(self.store, batch.schema_ref(), |s| {
-            s.state_put(&self.scope, SINKS, &key, &bytes)
-        })
+        self.schema
+            .write_with(self.store, batch.schema_ref(), |s| {
+                s.append(&self.scope, SINKS, &key, &bytes)
+            })?;
+        // Indexed after it is stored: the index never names a batch that is not there.
+        self.store.state_put(&self.scope, SINK_INDEX, &key, b"")
     }
 
     /// Spreads the batches of the sinks `state_ids` over `partitions` finalize partitions.
@@ -116,9 +129,7 @@ impl<'a> Buffering<'a> {
                 let mut plans = vec![Vec::new(); partitions as usize];
                 let mut next = 0usize;
                 for state_id in state_ids {
-                    // Only the keys are needed, but a scan reads the values too: a few at a
-                    // time, so the sinks are never in memory whole.
-                    for entry in self.sink_entries(state_id, 4) {
+                    for entry in self.sink_entries(state_id) {
                         let (key, _) = entry?;
                         let plan: &mut Vec<u8> = &mut plans[next % partitions as usize];
                         plan.extend_from_slice(&(key.len() as u32).to_le_bytes());
@@ -137,19 +148,25 @@ impl<'a> Buffering<'a> {
             Partitioning::Hash(column) => {
                 let decoder = self.decoder()?;
                 for state_id in state_ids {
-                    for entry in self.sink_entries(state_id, 1) {
-                        let (key, bytes) = entry?;
+                    for entry in self.sink_entries(state_id) {
+                        let (key, _) = entry?;
+                        if self.store.state_get(&self.scope, COMBINED, &key)?.is_some() {
+                            continue; // by a combine cut short before
+                        }
                         let Some(decoder) = &decoder else {
                             return Err(self.no_schema());
                         };
-                        let batch = decoder.decode(bytes)?;
-                        let mut pieces = Vec::new();
+                        let batch = decoder.decode(self.first_entry(SINKS, &key)?)?;
+                        let mut index = Vec::new();
                         for (p, piece) in split_by_hash(&batch, column, partitions)? {
                             let mut piece_key = p.to_be_bytes().to_vec();
                             piece_key.extend_from_slice(&key);
-                            pieces.push((piece_key, batch_messages(&piece, &self.options)?));
+                            let bytes = batch_messages(&piece, &self.options)?;
+                            self.store.append(&self.scope, PARTS, &piece_key, &bytes)?;
+                            index.push((piece_key, Vec::new()));
                         }
-                        self.store.state_put_many(&self.scope, PARTS, &pieces)?;
+                        self.store.state_put_many(&self.scope, PART_INDEX, &index)?;
+                        self.store.state_put(&self.scope, COMBINED, &key, b"")?;
                     }
                 }
                 done.push((b"done".to_vec(), b"hash".to_vec()));
@@ -168,12 +185,7 @@ impl<'a> Buffering<'a> {
                     .unwrap_or_default(),
                 at: 0,
             },
-            Some(_) => Source::Pieces {
-                next: Some(partition.to_be_bytes().to_vec()),
-                end: partition
-                    .checked_add(1)
-                    .map(|end| end.to_be_bytes().to_vec()),
-            },
+            Some(_) => Source::Pieces(self.index(PART_INDEX, &partition.to_be_bytes())),
             None => {
                 return Err(Error::invalid(
                     "finalize before combine: combine the sinks first",
@@ -247,21 +259,39 @@ impl<'a> Buffering<'a> {
         ))
     }
 
-    /// Sink `state_id`'s entries in order, `page` at a time: (key, encoded batch).
-    fn sink_entries(&self, state_id: &[u8], page: u64) -> KeyScan<'_> {
+    /// The keys of sink `state_id`'s entries, in sequence order.
+    fn sink_entries(&self, state_id: &[u8]) -> KeyScan<'_> {
         let mut prefix = (state_id.len() as u32).to_be_bytes().to_vec();
         prefix.extend_from_slice(state_id);
-        let range = KeyRange::prefix(&prefix);
+        self.index(SINK_INDEX, &prefix)
+    }
+
+    /// The keys in index `ns` that start with `prefix`, in order, a page at a time.
+    fn index(&self, ns: &'static [u8], prefix: &[u8]) -> KeyScan<'_> {
+        let range = KeyRange::prefix(prefix);
         KeyScan {
             store: self.store,
             scope: &self.scope,
-            ns: SINKS,
+            ns,
             next: range.start,
             end: range.end,
-            page: page.max(1),
+            page: 1024,
             pending: Vec::new().into_iter(),
             done: false,
         }
+    }
+
+    /// The first entry of log `key` in `ns`: the batch stored there (a retry's copy after it
+    /// is never read).
+    fn first_entry(&self, ns: &[u8], key: &[u8]) -> Result<Vec<u8>> {
+        self.store
+            .scan(&self.scope, ns, key, 0, 1)?
+            .into_iter()
+            .next()
+            .map(|(_, bytes)| bytes)
+            .ok_or_else(|| {
+                corrupt("a batch its index names is gone (was the execution destroyed?)".into())
+            })
     }
 }
 
@@ -282,7 +312,8 @@ fn corrupt(detail: String) -> Error {
     }
 }
 
-/// The state pairs of one namespace whose keys lie in `[next, end)`, read a page at a time.
+/// The state pairs of one (index) namespace whose keys lie in `[next, end)`, read a page at a
+/// time.
 struct KeyScan<'s> {
     store: &'s dyn FunctionStorage,
     scope: &'s [u8],
@@ -331,14 +362,11 @@ impl Iterator for KeyScan<'_> {
 }
 
 /// Where a finalize partition's batches come from.
-enum Source {
+enum Source<'b> {
     /// Round-robin: the encoded sink keys of the partition, read from `at`.
     Plan { plan: Vec<u8>, at: usize },
-    /// By hash: the pieces with keys in `[next, end)`.
-    Pieces {
-        next: Option<Vec<u8>>,
-        end: Option<Vec<u8>>,
-    },
+    /// By hash: the partition's index of pieces.
+    Pieces(KeyScan<'b>),
 }
 
 /// The batches of one finalize partition.
@@ -346,7 +374,7 @@ pub struct Finalize<'b, 'a> {
     buffering: &'b Buffering<'a>,
     /// `None` when the execution stored no batch: nothing to read.
     decoder: Option<Decoder>,
-    source: Source,
+    source: Source<'b>,
 }
 
 impl Finalize<'_, '_> {
@@ -366,31 +394,12 @@ impl Finalize<'_, '_> {
                     return Err(corrupt("truncated".into()));
                 };
                 *at += used;
-                match b.store.state_get(&b.scope, SINKS, &key)? {
-                    Some(bytes) => Ok(Some(bytes)),
-                    None => Err(corrupt(
-                        "a sink entry it names is gone (was the execution destroyed?)".into(),
-                    )),
-                }
+                b.first_entry(SINKS, &key).map(Some)
             }
-            Source::Pieces { next, end } => {
-                let range = KeyRange {
-                    start: next.clone(),
-                    end: end.clone(),
-                };
-                let Some((key, bytes)) = b
-                    .store
-                    .state_scan(&b.scope, PARTS, &range, false, 1)?
-                    .into_iter()
-                    .next()
-                else {
-                    return Ok(None);
-                };
-                let mut after = key;
-                after.push(0);
-                *next = Some(after);
-                Ok(Some(bytes))
-            }
+            Source::Pieces(index) => match index.next() {
+                Some(key) => b.first_entry(PARTS, &key?.0).map(Some),
+                None => Ok(None),
+            },
         }
     }
 }

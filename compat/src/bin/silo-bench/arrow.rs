@@ -1,5 +1,6 @@
 //! The arrow section (`--only arrow`): Arrow `RecordBatch`es through `silo-arrow`'s buffering
-//! lifecycle on silo's `fs:` and `sqlite:` stores, against the incumbent — the `vgi` crate's
+//! lifecycle on silo's `fs:` and `sqlite:` stores and on `silo serve` (over `fs:`, in this
+//! process) through `http://`, against the incumbent — the `vgi` crate's
 //! `SqliteStorage` holding the same batches as Arrow IPC streams in one log per sink.
 //!
 //! Every round, on a fresh store in the run's temp directory (one disk for all):
@@ -43,6 +44,9 @@ const VGI_NS: &[u8] = b"sink";
 const SINK_TARGET_MBS: f64 = 1000.0;
 const FINALIZE_TARGET_MBS: f64 = 2000.0;
 const MEMORY_TARGET_BATCHES: f64 = 3.0;
+/// The rows of the table: silo's stores, then the incumbent.
+const SILO_ROWS: usize = 3;
+const VGI: usize = SILO_ROWS;
 
 fn sink_id(sink: usize) -> Vec<u8> {
     format!("sink-{sink}").into_bytes()
@@ -462,16 +466,20 @@ pub fn section(reps: usize, quick: bool, dir: &Path) -> (String, Vec<String>) {
             ..Row::default()
         },
         Row {
+            name: "silo `http://` (`silo serve` on `fs:`)",
+            ..Row::default()
+        },
+        Row {
             name: "vgi `SqliteStorage`",
             ..Row::default()
         },
     ];
     let started = Instant::now();
     for rep in 0..reps {
-        let mut got: [Option<(f64, f64)>; 3] = [None; 3];
+        let mut got: [Option<(f64, f64)>; SILO_ROWS + 1] = [None; SILO_ROWS + 1];
         // Subjects alternated every round.
-        for k in 0..3 {
-            let which = (k + rep) % 3;
+        for k in 0..=SILO_ROWS {
+            let which = (k + rep) % (SILO_ROWS + 1);
             let root = dir.join(format!("arrow-{rep}-{which}"));
             if let Err(e) = std::fs::create_dir_all(&root) {
                 rows[which].failures.push(format!("temp dir: {e}"));
@@ -491,6 +499,12 @@ pub fn section(reps: usize, quick: bool, dir: &Path) -> (String, Vec<String>) {
                     per_sink,
                     mb,
                 ),
+                2 => silo::open(&format!("fs://{}", root.join("served").display()))
+                    .map_err(|e| format!("the served store: {e}"))
+                    .and_then(|store| {
+                        let server = silo_compat::silo_server(store);
+                        silo_round(row, &server.url(), per_sink, mb)
+                    }),
                 _ => vgi_round(
                     row,
                     &root.join("vgi.db").display().to_string(),
@@ -504,8 +518,8 @@ pub fn section(reps: usize, quick: bool, dir: &Path) -> (String, Vec<String>) {
                 Err(e) => row.failures.push(e),
             }
         }
-        if let Some((vs, vf)) = got[2] {
-            for which in 0..2 {
+        if let Some((vs, vf)) = got[VGI] {
+            for which in 0..SILO_ROWS {
                 if let Some((s, f)) = got[which] {
                     rows[which].sink_ratio.push(s / vs);
                     rows[which].finalize_ratio.push(f / vf);
@@ -517,8 +531,8 @@ pub fn section(reps: usize, quick: bool, dir: &Path) -> (String, Vec<String>) {
                 eprintln!(
                     "arrow {}: sink {s:.0} MB/s  finalize {f:.0} MB/s{}",
                     rows[which].name,
-                    match got[2] {
-                        Some((vs, vf)) if which < 2 =>
+                    match got[VGI] {
+                        Some((vs, vf)) if which < SILO_ROWS =>
                             format!("  ({:.2}× / {:.2}× vgi)", s / vs, f / vf),
                         _ => String::new(),
                     }
@@ -577,7 +591,7 @@ pub fn section(reps: usize, quick: bool, dir: &Path) -> (String, Vec<String>) {
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for (which, row) in rows.iter().enumerate() {
-        let silo = which < 2;
+        let silo = which < SILO_ROWS;
         let secs = |xs: &[f64]| med(xs).map_or("—".into(), |s| format!("{s:.2} s"));
         let _ = writeln!(
             md,
@@ -657,7 +671,7 @@ pub fn section(reps: usize, quick: bool, dir: &Path) -> (String, Vec<String>) {
     let mut failures = Vec::new();
     for (which, row) in rows.iter().enumerate() {
         for f in &row.failures {
-            if which < 2 {
+            if which < SILO_ROWS {
                 failures.push(format!("arrow {}: {f}", row.name));
             } else {
                 // The incumbent's failures are reported, not fatal.

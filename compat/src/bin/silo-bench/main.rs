@@ -6,6 +6,9 @@
 //! `cargo run --release --manifest-path compat/Cargo.toml --bin silo-bench -- [--quick]
 //!  [--reps N] [--only PART] [--out BENCHMARKS.md] [--svg benchmarks.svg]`
 //!
+//! A whole run writes BENCHMARKS.md and benchmarks.svg; `--only` prints its part's report
+//! on stdout unless `--out` names a file.
+//!
 //! `--only` runs one part: `memory`, `sqlite`, `http`, `vgi-fs` (the incumbent's own fs
 //! backend, no silo side), `processes` (both backends), `clients`, or `fs` — everything about
 //! silo's `fs:` backend: the "fs vs vgi sqlite" group, its processes rows, the 1k-vs-20k-entries
@@ -1499,6 +1502,9 @@ fn main() {
             .unwrap_or(if quick { 3 } else { 5 }),
         scale: if quick { 0.3 } else { 1.0 },
     };
+    // One part is not the whole report: unless told where, it goes to stdout, not over
+    // BENCHMARKS.md.
+    let to_stdout = flag("--only").is_some() && flag("--out").is_none();
     let out_path = flag("--out").unwrap_or_else(|| "BENCHMARKS.md".into());
     let svg_path = flag("--svg").unwrap_or_else(|| "benchmarks.svg".into());
     let only = flag("--only");
@@ -1928,10 +1934,16 @@ fn main() {
             "\n`{FS_GROUP}`: silo's own `fs:` store (log-structured, `sync=normal`) against a fresh vgi `SqliteStorage` (WAL, `synchronous=NORMAL`) — the incumbent's SQLite, which issue 8's targets are ratios against; its processes rows share their vgi runs with the `sqlite` rows when both run. `fs (vgi only)` is the incumbent's own fs backend, which has no silo counterpart of that design."
         );
     }
-    std::fs::write(&out_path, md).expect("write the report");
-    std::fs::write(&svg_path, svg(&cells)).expect("write the chart");
+    let wrote = if to_stdout {
+        println!("{md}");
+        "the report to stdout (--out FILE writes it to a file)".to_string()
+    } else {
+        std::fs::write(&out_path, md).expect("write the report");
+        std::fs::write(&svg_path, svg(&cells)).expect("write the chart");
+        format!("{out_path} and {svg_path}")
+    };
     eprintln!(
-        "wrote {out_path} and {svg_path}; verification: {}",
+        "wrote {wrote}; verification: {}",
         if all_ok {
             "all runs verified"
         } else {
