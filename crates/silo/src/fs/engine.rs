@@ -5,6 +5,8 @@
 //! the writers' lock and a change counter, see [`silo_engine::shared`]), `CURRENT` (names the compacted base the chain starts from; missing = none),
 //! `base-N.slf` (the state through frame N, rewritten compactly), `seg-N.slf` (frames from
 //! number N on). A segment ends with a seal frame; the chain continues in `seg-(seal+1).slf`.
+//! A compaction writes a new base when the chain holds more dead bytes than live ones, or the
+//! log has outgrown the base (see [`FsTuning`]).
 //!
 //! A write takes the writers' lock, catches up on frames other processes appended, decides
 //! its records against the index (the precondition check), appends them as one frame, folds
@@ -48,13 +50,55 @@ pub(crate) fn parse_numbered(name: &str, prefix: &str) -> Option<u64> {
 }
 
 /// Tuning of an `fs:` store (URL options `segment_bytes`, `compact_min_bytes`).
+///
+/// Compaction rewrites the live state as a new base, in the writer that committed and under
+/// the writers' lock, reading and writing every live byte; so it runs only when that pays.
+/// After a write it runs when either
+///
+/// - **garbage**: the chain (the base and the log since it) holds more dead bytes than live
+///   ones, and more than `compact_min_bytes` — dead being all a base drops: overwritten and
+///   removed values, queue traffic, records and frame headers that no longer say anything; or
+/// - **growth**: the log since the base is larger than the base, than `compact_min_bytes` and
+///   than 16 segments.
+///
+/// Live bytes are the size of the base a compaction would write now; the index counts them
+/// as it folds. While no compaction is due the chain holds at most 2 × live +
+/// `compact_min_bytes` bytes: the bound on a store's files (a replicated store also keeps its
+/// unshipped segments) and on what opening it reads (every byte of every frame). A store that
+/// only grows (appends, new keys: Arrow buffering) is not rewritten until its log passes 16
+/// segments (1 GiB by default), then each time it doubles, so each byte is rewritten about
+/// once; meanwhile opening it reads its frames, which cost what a base holding them would.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FsTuning {
     /// A segment is sealed and the next one started once it grows past this many bytes.
     pub segment_bytes: u64,
-    /// Compaction runs once the log since the last base holds more than this many bytes and
-    /// more than the base itself.
+    /// No compaction runs on its own before it would drop more than this many dead bytes,
+    /// or, for growth alone, before the log since the base holds more than this (see above).
     pub compact_min_bytes: u64,
+}
+
+/// How many segments the log since the base may span, when it is larger than the base, before
+/// growth alone compacts (see [`FsTuning`]). Every segment since the base is a file each
+/// process holds open, and without garbage a compaction only folds them into one base: 16
+/// bounds the files while a store of up to 1 GiB (default segments) that only grows is never
+/// rewritten.
+const GROWTH_SEGMENTS: u64 = 16;
+
+/// Whether a compaction is due (see [`FsTuning`]): `base` and `log` are the chain's bytes,
+/// `live` the size of the base a compaction would write.
+pub(crate) fn compaction_due(tuning: &FsTuning, base: u64, log: u64, live: u64) -> bool {
+    // What a compaction leaves besides the records: the base's frame headers (a frame per
+    // MiB of records, see `write_base`) and the seal after it. Not dead: with a tiny floor,
+    // counting them would compact again right after a compaction.
+    let header = silo_engine::frame::HEADER as u64;
+    let fresh = live + header * ((live / BASE_FRAME_BYTES as u64) + 1) + header + 1;
+    let dead = (base + log).saturating_sub(fresh);
+    let garbage = dead > live.max(tuning.compact_min_bytes);
+    let growth_floor = tuning
+        .compact_min_bytes
+        .max(tuning.segment_bytes.saturating_mul(GROWTH_SEGMENTS));
+    let growth = log > base.max(growth_floor);
+    garbage || growth
 }
 
 impl Default for FsTuning {
@@ -630,19 +674,31 @@ impl<D: Dir> Engine<D> {
         (committed, maintained)
     }
 
-    /// Seals the active segment when it is full, and compacts when the log since the base
-    /// has grown past the base (the caller holds the exclusive lock and committed).
+    /// Seals the active segment when it is full, and compacts when the chain holds more dead
+    /// bytes than live ones or the log has grown far past the base (see [`FsTuning`]; the
+    /// caller holds the exclusive lock and committed).
     pub fn maintain(&mut self) -> Result<()> {
         if self.active.end() >= self.tuning.segment_bytes {
             let sealed = self.seal();
             self.changed(sealed.is_ok());
             sealed?;
         }
-        let log_bytes = self.sealed_bytes + self.active.end();
-        if log_bytes > self.tuning.compact_min_bytes.max(self.base_bytes) {
+        if self.compaction_due() {
             self.compact()?;
         }
         Ok(())
+    }
+
+    /// Whether the chain is due for a compaction (see [`FsTuning`]). Compaction runs in the
+    /// writer, under the writers' lock, and reads and rewrites every live byte: it is worth
+    /// it only when it reclaims as much as it rewrites, or when the log has outgrown the base.
+    fn compaction_due(&self) -> bool {
+        compaction_due(
+            &self.tuning,
+            self.base_bytes,
+            self.sealed_bytes + self.active.end(),
+            self.index.live_bytes(),
+        )
     }
 
     /// Ends the active segment with a seal frame and opens the next one. The next file is
@@ -891,7 +947,6 @@ enum BaseError {
     Silo(Error),
 }
 
-/// Writes the index as records, in frames of about 1 MiB, ending with an end mark.
 /// The largest read a base makes to copy values, and the smallest once reads run in order.
 const READ_WINDOW: usize = 1 << 20;
 const FIRST_WINDOW: usize = 16 << 10;
@@ -961,6 +1016,11 @@ impl<'a, F: Store> ValueReader<'a, F> {
     }
 }
 
+/// A base's frames end at the first record that takes them to this size.
+const BASE_FRAME_BYTES: usize = 1 << 20;
+
+/// Writes the index as records, in frames of about [`BASE_FRAME_BYTES`], ending with an end
+/// mark.
 fn write_base<S: Store, F: Store>(
     index: &Index,
     files: &[OpenFile<F>],
@@ -969,7 +1029,7 @@ fn write_base<S: Store, F: Store>(
     let mut values = ValueReader::new(files);
     let mut enc = Encoder::default();
     let mut flush = |enc: &mut Encoder, force: bool| -> std::result::Result<(), BaseError> {
-        if enc.buf.len() >= 1 << 20 || (force && !enc.buf.is_empty()) {
+        if enc.buf.len() >= BASE_FRAME_BYTES || (force && !enc.buf.is_empty()) {
             log.append(&enc.buf).map_err(BaseError::Io)?;
             enc.buf.clear();
         }

@@ -2,6 +2,10 @@
 //! of the log. Values stay on disk; the index keeps where they are ([`ValRef`]), so its size
 //! grows with the number of keys and items, not with the bytes stored. The maps are
 //! persistent (`imbl`), so a transaction works on an O(1) copy and is dropped on failure.
+//!
+//! The index also counts its live bytes: the size of the records a base written now would
+//! hold. The fold keeps the count, so it is the same in every process and after a reload
+//! (compaction decides by it, see `Engine::maintain`).
 
 use imbl::{HashMap, OrdMap, Vector};
 
@@ -20,6 +24,10 @@ pub(crate) struct Index {
     pub scopes: HashMap<Vec<u8>, Scope>,
     pub seq: Sequences,
     pub once: HashMap<Vec<u8>, OnceRecord>,
+    /// The encoded size of the records a base would write for everything held: the sum of
+    /// the scopes' `bytes` and of the `Once` records. Kept by [`Index::fold`] only, so every
+    /// fold of the same records (a writer, a process catching up, a reload) counts the same.
+    live: u64,
 }
 
 /// Store-wide sequences: ids are never reused, even after a scope is cleared.
@@ -42,6 +50,9 @@ pub(crate) type Log = Vector<(i64, ValRef)>;
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Scope {
+    /// The encoded size of the records a base writes for this scope (its `Touch` and one
+    /// record per entry), so that clearing a scope uncounts it without walking it.
+    bytes: u64,
     pub touched_ms: i64,
     pub state: HashMap<Vec<u8>, OrdMap<Vec<u8>, ValRef>>,
     pub logs: HashMap<(Vec<u8>, Vec<u8>), Log>,
@@ -76,6 +87,126 @@ fn pair(ns: &[u8], key: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (ns.to_vec(), key.to_vec())
 }
 
+// The sizes of the records a base writes for each kind of entry (see `write_base`), by the
+// encoder's own measure. Fields of fixed width count whatever their value.
+
+/// A value as the measure sees it: only its length counts.
+fn span(v: ValRef) -> Span {
+    Span {
+        pos: 0,
+        len: v.len as usize,
+    }
+}
+
+fn measure(rec: Rec<'_, Span>) -> u64 {
+    rec.encoded_len()
+}
+
+fn touch_len(scope: &[u8]) -> u64 {
+    measure(Rec::Touch { scope, at: 0 })
+}
+
+fn put_len(scope: &[u8], ns: &[u8], key: &[u8], v: ValRef) -> u64 {
+    measure(Rec::Put {
+        scope,
+        ns,
+        key,
+        value: span(v),
+    })
+}
+
+fn append_len(scope: &[u8], ns: &[u8], key: &[u8], v: ValRef) -> u64 {
+    measure(Rec::Append {
+        scope,
+        ns,
+        key,
+        id: 0,
+        value: span(v),
+    })
+}
+
+fn counter_len(scope: &[u8], ns: &[u8], key: &[u8]) -> u64 {
+    measure(Rec::CounterSet {
+        scope,
+        ns,
+        key,
+        value: 0,
+    })
+}
+
+fn item_len(scope: &[u8], item: &Item) -> u64 {
+    measure(Rec::Item {
+        scope,
+        id: 0,
+        value: span(item.value),
+        attempts: 0,
+        visible_at: 0,
+        claim: 0,
+    })
+}
+
+fn dead_len(scope: &[u8], dead: &Dead) -> u64 {
+    measure(Rec::Dead {
+        scope,
+        value: span(dead.value),
+        attempts: 0,
+        at: 0,
+    })
+}
+
+fn once_len(key: &[u8], once: &OnceRecord) -> u64 {
+    measure(Rec::Once {
+        key,
+        fingerprint: &once.fingerprint,
+        reply: span(once.reply),
+        at: 0,
+    })
+}
+
+/// The scope named `name`, created (and its `Touch` counted in `live`) when missing. Free
+/// functions over the index's fields, not methods, so that a scope and the total can be
+/// changed together without looking the scope up twice.
+fn scope_entry<'a>(
+    scopes: &'a mut HashMap<Vec<u8>, Scope>,
+    live: &mut u64,
+    name: &[u8],
+) -> &'a mut Scope {
+    scopes.entry(name.to_vec()).or_insert_with(|| {
+        let bytes = touch_len(name);
+        *live += bytes;
+        Scope {
+            bytes,
+            ..Scope::default()
+        }
+    })
+}
+
+fn existing<'a>(
+    scopes: &'a mut HashMap<Vec<u8>, Scope>,
+    name: &[u8],
+) -> Result<&'a mut Scope, FoldError> {
+    scopes
+        .get_mut(name)
+        .ok_or_else(|| "refers to a scope that does not exist".to_string())
+}
+
+/// Counts `added` bytes more and `gone` fewer in scope `s` and in `live`, the index's total.
+/// Saturating: a miscount would misjudge when to compact, never lose data (the tests recount
+/// from scratch to keep it exact).
+fn count(live: &mut u64, s: &mut Scope, added: u64, gone: u64) {
+    s.bytes = (s.bytes + added).saturating_sub(gone);
+    *live = (*live + added).saturating_sub(gone);
+}
+
+/// What a base always holds besides the entries: the sequences and the end mark.
+fn fixed_len() -> u64 {
+    measure(Rec::Seq {
+        log: 0,
+        item: 0,
+        claim: 0,
+    }) + measure(Rec::End)
+}
+
 impl Index {
     /// Applies one record; `at` turns a value's span in the payload into its place on disk.
     pub fn fold(
@@ -85,7 +216,7 @@ impl Index {
     ) -> Result<(), FoldError> {
         match *rec {
             Rec::Touch { scope, at: when } => {
-                self.scopes.entry(scope.to_vec()).or_default().touched_ms = when;
+                scope_entry(&mut self.scopes, &mut self.live, scope).touched_ms = when;
             }
             Rec::Put {
                 scope,
@@ -93,23 +224,36 @@ impl Index {
                 key,
                 value,
             } => {
-                self.scope(scope)
+                let value = at(value);
+                let s = scope_entry(&mut self.scopes, &mut self.live, scope);
+                let old = s
                     .state
                     .entry(ns.to_vec())
                     .or_default()
-                    .insert(key.to_vec(), at(value));
+                    .insert(key.to_vec(), value);
+                let gone = old.map_or(0, |old| put_len(scope, ns, key, old));
+                count(&mut self.live, s, put_len(scope, ns, key, value), gone);
             }
             Rec::Del { scope, ns, key } => {
-                if let Some(map) = self.scopes.get_mut(scope).and_then(|s| s.state.get_mut(ns)) {
-                    map.remove(key);
+                if let Some(s) = self.scopes.get_mut(scope)
+                    && let Some(map) = s.state.get_mut(ns)
+                {
+                    let old = map.remove(key);
                     if map.is_empty() {
-                        self.scope(scope).state.remove(ns);
+                        s.state.remove(ns);
+                    }
+                    if let Some(old) = old {
+                        count(&mut self.live, s, 0, put_len(scope, ns, key, old));
                     }
                 }
             }
             Rec::DropNs { scope, ns } => {
-                if let Some(s) = self.scopes.get_mut(scope) {
-                    s.state.remove(ns);
+                // Walks the namespace (a per-namespace count would cost every put a lookup).
+                if let Some(s) = self.scopes.get_mut(scope)
+                    && let Some(map) = s.state.remove(ns)
+                {
+                    let gone = map.iter().map(|(k, v)| put_len(scope, ns, k, *v)).sum();
+                    count(&mut self.live, s, 0, gone);
                 }
             }
             Rec::Append {
@@ -120,11 +264,13 @@ impl Index {
                 value,
             } => {
                 self.seq.last_log_id = self.seq.last_log_id.max(id);
-                self.scope(scope)
-                    .logs
+                let value = at(value);
+                let s = scope_entry(&mut self.scopes, &mut self.live, scope);
+                s.logs
                     .entry(pair(ns, key))
                     .or_default()
-                    .push_back((id, at(value)));
+                    .push_back((id, value));
+                count(&mut self.live, s, append_len(scope, ns, key, value), 0);
             }
             Rec::CounterSet {
                 scope,
@@ -132,11 +278,17 @@ impl Index {
                 key,
                 value,
             } => {
-                self.scope(scope).counters.insert(pair(ns, key), value);
+                // A counter's record has one size whatever its value.
+                let s = scope_entry(&mut self.scopes, &mut self.live, scope);
+                if s.counters.insert(pair(ns, key), value).is_none() {
+                    count(&mut self.live, s, counter_len(scope, ns, key), 0);
+                }
             }
             Rec::CounterDel { scope, ns, key } => {
-                if let Some(s) = self.scopes.get_mut(scope) {
-                    s.counters.remove(&pair(ns, key));
+                if let Some(s) = self.scopes.get_mut(scope)
+                    && s.counters.remove(&pair(ns, key)).is_some()
+                {
+                    count(&mut self.live, s, 0, counter_len(scope, ns, key));
                 }
             }
             Rec::Item {
@@ -148,23 +300,23 @@ impl Index {
                 claim,
             } => {
                 self.seq.last_item_id = self.seq.last_item_id.max(id);
-                let s = self.scope(scope);
+                let s = scope_entry(&mut self.scopes, &mut self.live, scope);
                 let claim = (claim != 0).then_some(claim);
                 if let Some(c) = claim {
                     s.claims.insert(c, id);
                 }
-                s.queue.insert(
-                    id,
-                    Item {
-                        value: at(value),
-                        attempts,
-                        visible_at,
-                        claim,
-                    },
-                );
+                let item = Item {
+                    value: at(value),
+                    attempts,
+                    visible_at,
+                    claim,
+                };
+                let old = s.queue.insert(id, item);
+                let gone = old.map_or(0, |old| item_len(scope, &old));
+                count(&mut self.live, s, item_len(scope, &item), gone);
             }
             Rec::Remove { scope, id } => {
-                let s = self.existing(scope)?;
+                let s = existing(&mut self.scopes, scope)?;
                 let item = s
                     .queue
                     .remove(&id)
@@ -172,6 +324,7 @@ impl Index {
                 if let Some(c) = item.claim {
                     s.claims.remove(&c);
                 }
+                count(&mut self.live, s, 0, item_len(scope, &item));
             }
             Rec::Claim {
                 scope,
@@ -180,7 +333,7 @@ impl Index {
                 visible_at,
             } => {
                 self.seq.last_claim_id = self.seq.last_claim_id.max(claim);
-                let s = self.existing(scope)?;
+                let s = existing(&mut self.scopes, scope)?;
                 let item = s
                     .queue
                     .get_mut(&id)
@@ -194,7 +347,7 @@ impl Index {
                 s.claims.insert(claim, id);
             }
             Rec::Release { scope, id } => {
-                let s = self.existing(scope)?;
+                let s = existing(&mut self.scopes, scope)?;
                 let item = s
                     .queue
                     .get_mut(&id)
@@ -209,7 +362,7 @@ impl Index {
                 id,
                 visible_at,
             } => {
-                let s = self.existing(scope)?;
+                let s = existing(&mut self.scopes, scope)?;
                 let item = s
                     .queue
                     .get_mut(&id)
@@ -221,7 +374,7 @@ impl Index {
                 id,
                 at: when,
             } => {
-                let s = self.existing(scope)?;
+                let s = existing(&mut self.scopes, scope)?;
                 let item = s
                     .queue
                     .remove(&id)
@@ -229,11 +382,18 @@ impl Index {
                 if let Some(c) = item.claim {
                     s.claims.remove(&c);
                 }
-                s.dead.push_back(Dead {
+                let dead = Dead {
                     value: item.value,
                     attempts: item.attempts,
                     at: when,
-                });
+                };
+                s.dead.push_back(dead);
+                count(
+                    &mut self.live,
+                    s,
+                    dead_len(scope, &dead),
+                    item_len(scope, &item),
+                );
             }
             Rec::Dead {
                 scope,
@@ -241,21 +401,29 @@ impl Index {
                 attempts,
                 at: when,
             } => {
-                self.scope(scope).dead.push_back(Dead {
+                let dead = Dead {
                     value: at(value),
                     attempts,
                     at: when,
-                });
+                };
+                let s = scope_entry(&mut self.scopes, &mut self.live, scope);
+                s.dead.push_back(dead);
+                count(&mut self.live, s, dead_len(scope, &dead), 0);
             }
             Rec::QueueClear { scope } => {
                 if let Some(s) = self.scopes.get_mut(scope) {
-                    s.queue = OrdMap::new();
+                    let queue = std::mem::take(&mut s.queue);
                     s.claims = HashMap::new();
-                    s.dead = Vector::new();
+                    let dead = std::mem::take(&mut s.dead);
+                    let gone = queue.values().map(|i| item_len(scope, i)).sum::<u64>()
+                        + dead.iter().map(|d| dead_len(scope, d)).sum::<u64>();
+                    count(&mut self.live, s, 0, gone);
                 }
             }
             Rec::Clear { scope } => {
-                self.scopes.remove(scope);
+                if let Some(s) = self.scopes.remove(scope) {
+                    self.live = self.live.saturating_sub(s.bytes);
+                }
             }
             Rec::Once {
                 key,
@@ -263,16 +431,27 @@ impl Index {
                 reply,
                 at: when,
             } => {
-                self.once.insert(
-                    key.to_vec(),
-                    OnceRecord {
-                        fingerprint: fingerprint.to_vec(),
-                        reply: at(reply),
-                        at: when,
-                    },
-                );
+                let once = OnceRecord {
+                    fingerprint: fingerprint.to_vec(),
+                    reply: at(reply),
+                    at: when,
+                };
+                let added = once_len(key, &once);
+                let old = self.once.insert(key.to_vec(), once);
+                let gone = old.map_or(0, |old| once_len(key, &old));
+                self.live = (self.live + added).saturating_sub(gone);
             }
-            Rec::ExpireOnce { cutoff } => self.once.retain(|_, r| r.at >= cutoff),
+            Rec::ExpireOnce { cutoff } => {
+                let mut gone = 0;
+                self.once.retain(|key, r| {
+                    let keep = r.at >= cutoff;
+                    if !keep {
+                        gone += once_len(key, r);
+                    }
+                    keep
+                });
+                self.live = self.live.saturating_sub(gone);
+            }
             Rec::Seq { log, item, claim } => {
                 self.seq.last_log_id = self.seq.last_log_id.max(log);
                 self.seq.last_item_id = self.seq.last_item_id.max(item);
@@ -283,14 +462,39 @@ impl Index {
         Ok(())
     }
 
-    fn scope(&mut self, scope: &[u8]) -> &mut Scope {
-        self.scopes.entry(scope.to_vec()).or_default()
+    /// The encoded size of the base a compaction would write now (frame headers aside).
+    pub fn live_bytes(&self) -> u64 {
+        self.live + fixed_len()
     }
 
-    fn existing(&mut self, scope: &[u8]) -> Result<&mut Scope, FoldError> {
-        self.scopes
-            .get_mut(scope)
-            .ok_or_else(|| "refers to a scope that does not exist".to_string())
+    /// The live bytes counted from scratch, walking everything (tests check the running
+    /// count against it).
+    #[cfg(test)]
+    pub fn recount(&self) -> u64 {
+        let mut total = fixed_len();
+        for (scope, s) in self.scopes.iter() {
+            let mut bytes = touch_len(scope);
+            for (ns, map) in s.state.iter() {
+                bytes += map
+                    .iter()
+                    .map(|(k, v)| put_len(scope, ns, k, *v))
+                    .sum::<u64>();
+            }
+            for ((ns, key), log) in s.logs.iter() {
+                bytes += log
+                    .iter()
+                    .map(|(_, v)| append_len(scope, ns, key, *v))
+                    .sum::<u64>();
+            }
+            for (ns, key) in s.counters.keys() {
+                bytes += counter_len(scope, ns, key);
+            }
+            bytes += s.queue.values().map(|i| item_len(scope, i)).sum::<u64>();
+            bytes += s.dead.iter().map(|d| dead_len(scope, d)).sum::<u64>();
+            assert_eq!(s.bytes, bytes, "the running count of scope {scope:?}");
+            total += bytes;
+        }
+        total + self.once.iter().map(|(k, r)| once_len(k, r)).sum::<u64>()
     }
 }
 

@@ -7,6 +7,8 @@
 mod engine;
 pub mod history;
 mod index;
+#[cfg(test)]
+mod live_tests;
 mod record;
 
 use std::cell::RefCell;
@@ -78,7 +80,8 @@ impl<D: Dir> FsStore<D> {
         })
     }
 
-    /// Rewrites the live state compactly now (it also runs on its own as the log grows).
+    /// Rewrites the live state compactly now (it also runs on its own when the chain holds
+    /// more dead bytes than live ones, or the log has outgrown the base: see [`FsTuning`]).
     pub fn compact(&self) -> Result<()> {
         let guard = self.engine.lock();
         let mut eng = guard.try_borrow_mut().map_err(|_| reentered())?;
