@@ -24,7 +24,7 @@
 //!   host calls no destructor.
 //! - `destroy()`: drops the execution's scope (what the orphan sweep does to a crashed one).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use arrow_array::{RecordBatch, UInt32Array};
 use arrow_ipc::writer::IpcWriteOptions;
@@ -74,16 +74,14 @@ impl<'a> Buffering<'a> {
             store,
             scope: execution.to_vec(),
             options: IpcWriteOptions::default(),
-            schema: SchemaSlot {
-                scope: execution.to_vec(),
-                key: INPUT_SCHEMA_KEY.to_vec(),
-                what: format!(
+            schema: SchemaSlot::new(
+                execution,
+                INPUT_SCHEMA_KEY.to_vec(),
+                format!(
                     "the buffered input of execution {}",
                     String::from_utf8_lossy(execution)
                 ),
-                known: OnceLock::new(),
-                in_unit: false,
-            },
+            ),
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! - [`BatchLog`]: batches appended to one log from any number of processes and read back in
 //!   order, streaming — a scan holds one page of entries at a time, never the whole log. The
-//!   log's schema is recorded once, atomically with its first batch; every entry is only the
+//!   log's schema is recorded once, before its first batch; every entry is only the
 //!   batch's IPC messages (its dictionaries, then the record batch), optionally LZ4- or
 //!   ZSTD-compressed. A batch of another schema is refused with both schemas in the error.
 //! - [`BatchQueue`]: batches pushed to a scope's queue, popped or claimed (leased) by any
@@ -10,7 +10,8 @@
 //! - [`put_batch`] / [`get_batch`]: one batch as a state value (a whole IPC stream: a state
 //!   value stands alone).
 //!
-//! The schema lives in the scope's state, in the namespace [`SCHEMA_NS`], so clearing the
+//! The schema is the first entry of a log of the scope in the namespace [`SCHEMA_NS`] (racing
+//! first writers agree on whichever landed first, on every store), so clearing the
 //! scope (or the orphan sweep) removes it with the data.
 //!
 //! [`Buffering`] is the sink → combine → finalize lifecycle of a buffering table function, in
@@ -70,7 +71,7 @@ use arrow_ipc::writer::{
 use arrow_schema::{ArrowError, Schema, SchemaRef};
 use silo::{Error, FunctionStorage, Result};
 
-/// The state namespace holding the schemas of a scope's batch logs and queue.
+/// The log namespace holding the schemas of a scope's batch logs, queue and buffering input.
 pub const SCHEMA_NS: &[u8] = b"\0silo-arrow/schema";
 
 /// How batch bodies are compressed (the IPC format's own buffer compression: readers need no
@@ -196,22 +197,35 @@ fn schema_key(ns: &[u8], key: &[u8]) -> Vec<u8> {
 }
 
 /// Where a schema is recorded, and what was recorded there.
+///
+/// The record is the first entry of a log (`SCHEMA_NS`, `key`) of the scope: a writer that
+/// finds none appends its own schema and reads the first entry again. Racing first writers
+/// agree on whichever landed first, on every store (no atomic unit needed, so a remote store
+/// works the same) and after any crash; a loser's entry is never read, and the record never
+/// changes while the scope lives.
 struct SchemaSlot {
     scope: Vec<u8>,
     key: Vec<u8>,
     what: String,
     known: OnceLock<(SchemaRef, Vec<u8>)>,
-    /// Writes run inside the caller's `apply_once`/`apply_atomically` (which cannot nest):
-    /// recording the schema needs no unit of its own.
-    in_unit: bool,
 }
 
 impl SchemaSlot {
+    fn new(scope: &[u8], key: Vec<u8>, what: String) -> Self {
+        SchemaSlot {
+            scope: scope.to_vec(),
+            key,
+            what,
+            known: OnceLock::new(),
+        }
+    }
+
     fn recorded(&self, store: &dyn FunctionStorage) -> Result<Option<(SchemaRef, Vec<u8>)>> {
         if let Some(known) = self.known.get() {
             return Ok(Some(known.clone()));
         }
-        let Some(bytes) = store.state_get(&self.scope, SCHEMA_NS, &self.key)? else {
+        let first = store.scan(&self.scope, SCHEMA_NS, &self.key, 0, 1)?;
+        let Some((_, bytes)) = first.into_iter().next() else {
             return Ok(None);
         };
         let schema = decode_schema(&bytes, &self.what)?;
@@ -231,69 +245,25 @@ impl SchemaSlot {
         }
     }
 
-    /// Runs `write` after making sure `schema` is the recorded one — recording it, atomically
-    /// with the write, when nothing is recorded yet.
+    /// Runs `write` once `schema` is the recorded one, recording it first when nothing is.
     fn write_with<T>(
         &self,
         store: &dyn FunctionStorage,
         schema: &Schema,
-        mut write: impl FnMut(&dyn FunctionStorage) -> Result<T>,
+        write: impl FnOnce(&dyn FunctionStorage) -> Result<T>,
     ) -> Result<T> {
-        if self.check(store, schema)?.is_some() {
-            return write(store);
-        }
-        let message = schema_message(schema)?;
-        if self.in_unit {
-            match store.state_get(&self.scope, SCHEMA_NS, &self.key)? {
-                None => store.state_put(&self.scope, SCHEMA_NS, &self.key, &message)?,
-                Some(_) => {
-                    self.check(store, schema)?;
-                }
+        if self.check(store, schema)?.is_none() {
+            store.append(&self.scope, SCHEMA_NS, &self.key, &schema_message(schema)?)?;
+            if self.check(store, schema)?.is_none() {
+                return Err(Error::Unavailable {
+                    message: format!(
+                        "the schema of {} vanished while written (was the scope cleared?)",
+                        self.what
+                    ),
+                });
             }
-            return write(store);
         }
-        let mut out = None;
-        let atomic = store.apply_atomically(&mut |s| {
-            match s.state_get(&self.scope, SCHEMA_NS, &self.key)? {
-                None => s.state_put(&self.scope, SCHEMA_NS, &self.key, &message)?,
-                Some(bytes) => {
-                    let recorded = decode_schema(&bytes, &self.what)?;
-                    if recorded.as_ref() != schema {
-                        return Err(Error::invalid(format!(
-                            "{} holds batches of schema {recorded:?}; this batch has schema \
-                             {schema:?} (a log or queue holds one schema: write the others \
-                             elsewhere)",
-                            self.what
-                        )));
-                    }
-                }
-            }
-            out = Some(write(s)?);
-            Ok(Vec::new())
-        });
-        match atomic {
-            Ok(_) => out.ok_or_else(|| Error::Backend {
-                backend: "arrow".into(),
-                message: "an atomic write returned without running (a silo bug)".into(),
-            }),
-            // A store without atomic units (a remote one of the vgi crate): record, then check
-            // what won, then write.
-            Err(Error::Unsupported { .. }) => {
-                if store
-                    .state_get(&self.scope, SCHEMA_NS, &self.key)?
-                    .is_none()
-                {
-                    store.state_put(&self.scope, SCHEMA_NS, &self.key, &message)?;
-                }
-                match self.check(store, schema)? {
-                    Some(()) => write(store),
-                    None => Err(Error::Unavailable {
-                        message: format!("the schema of {} vanished while written", self.what),
-                    }),
-                }
-            }
-            Err(e) => Err(e),
-        }
+        write(store)
     }
 }
 
@@ -313,26 +283,18 @@ impl<'a> BatchLog<'a> {
             store,
             ns: ns.to_vec(),
             key: key.to_vec(),
-            slot: SchemaSlot {
-                scope: scope.to_vec(),
-                key: schema_key(ns, key),
-                what: format!(
+            slot: SchemaSlot::new(
+                scope,
+                schema_key(ns, key),
+                format!(
                     "batch log {}/{}/{}",
                     String::from_utf8_lossy(scope),
                     String::from_utf8_lossy(ns),
                     String::from_utf8_lossy(key)
                 ),
-                known: OnceLock::new(),
-                in_unit: false,
-            },
+            ),
             options: IpcWriteOptions::default(),
         }
-    }
-
-    /// A handle for use inside the caller's `apply_once`/`apply_atomically` on `store`.
-    pub fn in_unit(mut self) -> Self {
-        self.slot.in_unit = true;
-        self
     }
 
     /// Compresses the batches this handle appends.
@@ -359,7 +321,7 @@ impl<'a> BatchLog<'a> {
     }
 
     /// Appends a batch [`BatchLog::encode`] made, of schema `schema`.
-    pub(crate) fn append_encoded(&self, schema: &Schema, bytes: &[u8]) -> Result<i64> {
+    fn append_encoded(&self, schema: &Schema, bytes: &[u8]) -> Result<i64> {
         self.slot.write_with(self.store, schema, |s| {
             s.append(&self.slot.scope, &self.ns, &self.key, bytes)
         })
@@ -444,13 +406,11 @@ impl<'a> BatchQueue<'a> {
     pub fn new(store: &'a dyn FunctionStorage, scope: &[u8]) -> Self {
         BatchQueue {
             store,
-            slot: SchemaSlot {
-                scope: scope.to_vec(),
-                key: b"\0queue".to_vec(),
-                what: format!("batch queue {}", String::from_utf8_lossy(scope)),
-                known: OnceLock::new(),
-                in_unit: false,
-            },
+            slot: SchemaSlot::new(
+                scope,
+                b"\0queue".to_vec(),
+                format!("batch queue {}", String::from_utf8_lossy(scope)),
+            ),
             options: IpcWriteOptions::default(),
         }
     }
