@@ -12,7 +12,7 @@
 //!
 //! Every phase may run in another worker process, so nothing is kept in memory between calls:
 //! `process` appends its batch with `silo_arrow::Buffering` (once per batch index, so a retried
-//! call appends nothing), `combine` splits the rows over the finalize partitions by `grp`'s
+//! call is read once), `combine` splits the rows over the finalize partitions by `grp`'s
 //! hash, each finalize streams its partition and keeps only the top `k` of each group, and the
 //! last partition read to its end drops the execution's state.
 //!
@@ -106,7 +106,7 @@ impl TableBufferingFunction for TopKPerGroup {
         FunctionMetadata {
             description: "The k rows with the largest val of every grp, ranked; state in silo"
                 .into(),
-            // The batch index makes a sink's append idempotent: a retried call appends nothing.
+            // The batch index makes a sink's append idempotent: a retried call is read once.
             requires_input_batch_index: true,
             ..Default::default()
         }

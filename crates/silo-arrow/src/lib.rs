@@ -30,7 +30,7 @@
 //! )])
 //! .expect("a batch");
 //!
-//! // In any worker process: each sink appends its input (a retried call appends once).
+//! // In any worker process: each sink appends its input (a retried call is read once).
 //! let buffering = Buffering::new(&*store, b"execution-42");
 //! buffering.process(b"sink-a", 0, &batch)?;
 //! buffering.process(b"sink-b", 0, &batch)?;

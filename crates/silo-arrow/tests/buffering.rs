@@ -55,7 +55,7 @@ fn sink_all(
                     let b = batch(sink, seq, 1 + (seq * 13 + sink) % 50);
                     buffering.process(&state_id, seq as u64, &b).unwrap();
                     if seq % 3 == 0 {
-                        // A retried call (its reply was lost): stored once.
+                        // A retried call (its reply was lost): read once.
                         buffering.process(&state_id, seq as u64, &b).unwrap();
                     }
                     sent.push(b);
