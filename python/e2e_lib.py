@@ -9,7 +9,9 @@ worker, driven by ``test_worker_e2e.py``) and by the Rust example worker in
 from __future__ import annotations
 
 import itertools
+import logging
 import random
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,3 +214,40 @@ def report(res: QueryResult, plan: Plan, k: int, note: str = "") -> None:
         f"sink/finalize in different processes: {'yes' if res.crossed else 'no'}"
         + (f" ({note})" if note else "")
     )
+
+
+def check_rows(q: str, got: list[tuple[Any, ...]], expected: list[tuple[Any, ...]], k: int) -> None:
+    """The output equals the reference row by row; the first difference is named."""
+    for i, (g, e) in enumerate(zip(got, expected, strict=False)):
+        if g != e:
+            raise CheckFailed(
+                f"{q}: output row {i} differs (k={k}, {len(got)} rows out, {len(expected)} expected)\n"
+                f"  got:      {short(g)}\n  expected: {short(e)}"
+            )
+    if len(got) != len(expected):
+        i = min(len(got), len(expected))
+        extra = f"got extra row {short(got[i])}" if len(got) > i else f"missing row {short(expected[i])}"
+        raise CheckFailed(f"{q}: {len(got)} rows out, {len(expected)} expected; first difference at row {i}: {extra}")
+
+
+def check_sinks_routed(q: str, log: CallLog) -> list[int | None]:
+    """Each process() ran in the pooled process its RPC was routed to; returns those pids."""
+    routed = log.pids("process")
+    if routed != log.sink_pids_reported:
+        raise CheckFailed(f"{q}: process() ran in pids {log.sink_pids_reported}, the RPCs went to {routed}")
+    return routed
+
+
+def worker_stderr_logger() -> tuple[logging.Logger, deque[str]]:
+    """A logger for a WorkerPool's piped worker stderr that keeps its last 40 lines."""
+    tail: deque[str] = deque(maxlen=40)
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            tail.append(record.getMessage())
+
+    logger = logging.getLogger("e2e.worker_stderr")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(_Keep())
+    return logger, tail

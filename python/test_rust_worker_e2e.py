@@ -36,7 +36,6 @@ import sys
 import time
 import traceback
 import uuid
-from collections import deque
 from typing import Any
 
 import pyarrow as pa
@@ -49,13 +48,15 @@ from e2e_lib import (
     Plan,
     PooledWorker,
     QueryResult,
+    check_rows,
+    check_sinks_routed,
     make_input,
     reference,
     report,
-    short,
     single_plan,
     split_plan,
     worker_pid,
+    worker_stderr_logger,
 )
 
 OUTPUT_NAMES = ["grp", "rank", "val", "id", "tag"]
@@ -100,20 +101,8 @@ def run_query(
         primary.client._primary.proxy = primary.proxy
 
     got.sort(key=lambda r: (r[0].encode("utf-8"), r[1]))
-    for i, (g, e) in enumerate(zip(got, expected, strict=False)):
-        if g != e:
-            raise CheckFailed(
-                f"{q}: output row {i} differs (k={k}, {len(got)} rows out, {len(expected)} expected)\n"
-                f"  got:      {short(g)}\n  expected: {short(e)}"
-            )
-    if len(got) != len(expected):
-        i = min(len(got), len(expected))
-        extra = f"got extra row {short(got[i])}" if len(got) > i else f"missing row {short(expected[i])}"
-        raise CheckFailed(f"{q}: {len(got)} rows out, {len(expected)} expected; first difference at row {i}: {extra}")
-
-    routed = log.pids("process")
-    if routed != log.sink_pids_reported:
-        raise CheckFailed(f"{q}: process() ran in pids {log.sink_pids_reported}, the RPCs went to {routed}")
+    check_rows(q, got, expected, k)
+    routed = check_sinks_routed(q, log)
     if len(log.pids("finalize")) != partitions:
         raise CheckFailed(f"{q}: {len(log.pids('finalize'))} finalize streams, {partitions} partitions")
     combine = log.pids("combine")
@@ -151,17 +140,7 @@ def main() -> int:
     from vgi.client import Client
     from vgi_rpc import StderrMode, WorkerPool
 
-    stderr_tail: deque[str] = deque(maxlen=40)
-    import logging
-
-    class _Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            stderr_tail.append(record.getMessage())
-
-    stderr_logger = logging.getLogger("e2e.worker_stderr")
-    stderr_logger.propagate = False
-    stderr_logger.setLevel(logging.INFO)
-    stderr_logger.addHandler(_Keep())
+    stderr_logger, stderr_tail = worker_stderr_logger()
     pool = WorkerPool(max_idle=args.workers, idle_timeout=300.0, stderr=StderrMode.PIPE, stderr_logger=stderr_logger)
     command = ["env", *args.worker_env, args.worker]
     print(f"worker: {' '.join(command)}; {args.workers} pooled processes; seed={args.seed}")

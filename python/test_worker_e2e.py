@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
-import logging
 import os
 import shutil
 import sqlite3
@@ -60,7 +59,6 @@ import threading
 import time
 import traceback
 import uuid
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +72,15 @@ from e2e_lib import (
     PhaseRouter,
     PooledWorker,
     QueryResult,
-    short,
+    check_rows,
+    check_sinks_routed,
     make_input,
     reference,
     report,
     single_plan,
     split_plan,
     worker_pid,
+    worker_stderr_logger,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -191,20 +191,8 @@ def run_query(
     finally:
         primary.client._primary.proxy = primary.proxy
 
-    for i, (g, e) in enumerate(zip(got, expected, strict=False)):
-        if g != e:
-            raise CheckFailed(
-                f"{q}: output row {i} differs (k={k}, {len(got)} rows out, {len(expected)} expected)\n"
-                f"  got:      {short(g)}\n  expected: {short(e)}"
-            )
-    if len(got) != len(expected):
-        i = min(len(got), len(expected))
-        extra = f"got extra row {short(got[i])}" if len(got) > i else f"missing row {short(expected[i])}"
-        raise CheckFailed(f"{q}: {len(got)} rows out, {len(expected)} expected; first difference at row {i}: {extra}")
-
-    routed = log.pids("process")
-    if routed != log.sink_pids_reported:
-        raise CheckFailed(f"{q}: process() ran in pids {log.sink_pids_reported}, the RPCs went to {routed}")
+    check_rows(q, got, expected, k)
+    routed = check_sinks_routed(q, log)
     assert log.execution_id is not None
     check_nothing_left(q, log.execution_id, attach)
 
@@ -258,16 +246,7 @@ def main() -> int:
     # Workers' stderr: kept (last lines printed on failure) unless --verbose.
     from vgi_rpc import StderrMode, WorkerPool
 
-    stderr_tail: deque[str] = deque(maxlen=40)
-
-    class _Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            stderr_tail.append(record.getMessage())
-
-    stderr_logger = logging.getLogger("e2e.worker_stderr")
-    stderr_logger.propagate = False
-    stderr_logger.setLevel(logging.INFO)
-    stderr_logger.addHandler(_Keep())
+    stderr_logger, stderr_tail = worker_stderr_logger()
 
     from vgi.client import Client
 
